@@ -1,0 +1,63 @@
+"""Moderation policy options, validated at start-up so a typo or an impossible policy fails early."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ser_sdk.plugin import PluginConfig
+
+
+class EscalationLevels(BaseModel):
+    """How many angry utterances inside ``window_s`` raise an incident to each severity.
+
+    One angry utterance is ``low``; the counts here step it up.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    medium: int = Field(2, ge=2, description="Angry utterances within the window for severity 'medium'.")
+    high: int = Field(4, ge=2, description="Angry utterances within the window for severity 'high'.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> EscalationLevels:
+        if self.high < self.medium:
+            raise ValueError(f"high ({self.high}) must be at least medium ({self.medium})")
+        return self
+
+
+class ModerationConfig(PluginConfig):
+    """Options of the ``moderation`` plugin (YAML: ``plugins: {moderation: {...}}``)."""
+
+    threshold: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="An utterance counts as angry when its angry probability is at least this.",
+    )
+    min_confidence: float = Field(
+        0.45,
+        ge=0.0,
+        le=1.0,
+        description="Nothing is flagged when the model's top probability for the utterance is below this.",
+    )
+    window_s: float = Field(
+        60.0, gt=0.0, description="Angry utterances this many seconds apart or closer count together."
+    )
+    escalation: EscalationLevels = Field(default_factory=EscalationLevels)
+    cooldown_s: float = Field(
+        30.0,
+        ge=0.0,
+        description=(
+            "After a flag, angry utterances join that flag's incident (re-flagged only when the severity "
+            "rises) until this many seconds pass without one."
+        ),
+    )
+    max_evidence: int = Field(20, ge=1, description="Newest utterances kept as evidence per incident.")
+    audio_dir: Path | None = Field(
+        None,
+        description=(
+            "Where to write the evidence utterances as WAV files. Unset (the default), no audio is kept."
+        ),
+    )
