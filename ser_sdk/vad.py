@@ -34,7 +34,9 @@ class VadConfig(BaseModel):
     backend: Literal["webrtc", "silero"] = "webrtc"
     aggressiveness: int = Field(2, ge=0, le=3, description="WebRTC VAD mode: 3 rejects the most non-speech.")
     frame_ms: Literal[10, 20, 30] = 30
-    padding_ms: int = Field(300, gt=0, description="Ring buffer length: pre-roll and trailing padding.")
+    padding_ms: int = Field(
+        300, gt=0, description="Ring buffer length (whole frames): pre-roll and trailing padding."
+    )
     start_ratio: float = Field(
         0.9, gt=0.0, le=1.0, description="Share of voiced frames in the ring that triggers."
     )
@@ -60,10 +62,10 @@ class VadConfig(BaseModel):
                 f"max_utterance_s ({self.max_utterance_s}) must be greater than min_utterance_s"
                 f" ({self.min_utterance_s})"
             )
-        if self.max_utterance_s * 1000.0 <= self.padding_ms:
+        if self.max_utterance_s * 1000.0 < self.padding_ms + self.frame_ms:
             raise ValueError(
-                f"max_utterance_s ({self.max_utterance_s}) must be longer than the padding"
-                f" ({self.padding_ms} ms) every utterance starts with"
+                f"max_utterance_s ({self.max_utterance_s}) must hold the padding ({self.padding_ms} ms)"
+                f" every utterance starts with, plus one frame ({self.frame_ms} ms)"
             )
         return self
 
@@ -310,7 +312,7 @@ class VoiceSegmenter:
         data = np.concatenate([self._leftover, chunk]) if self._leftover.size else chunk
         n_frames = len(data) // self.frame_len
         used = n_frames * self.frame_len
-        self._leftover = np.zeros(0, dtype=np.float32)
+        self._leftover = data[used:].copy()
         if not n_frames:
             return []
         frames = data[:used].reshape(n_frames, self.frame_len)

@@ -247,7 +247,7 @@ async def test_add_rules():
     host = PluginHost([Recorder()])
     with pytest.raises(PluginError, match="already registered"):
         host.add(Recorder())
-    with pytest.raises(PluginError, match="not a ser_sdk.plugin.Plugin"):
+    with pytest.raises(PluginError, match=r"not a ser_sdk\.plugin\.Plugin"):
         host.add(object())  # type: ignore[arg-type]
     await host.start()
     with pytest.raises(PluginError, match="before the engine starts"):
@@ -418,7 +418,7 @@ async def test_publishing_for_a_session_that_is_not_open_still_reaches_other_plu
     host = PluginHost([publisher, recorder])
     await host.start()
     await publisher.context.publish(Flag(session_id="gone"))
-    with pytest.raises(PluginError, match="only publish ser_sdk.events.Event"):
+    with pytest.raises(PluginError, match=r"only publish ser_sdk\.events\.Event"):
         await publisher.context.publish({"type": "dict"})  # type: ignore[arg-type]
     await host.stop()
     assert recorder.calls == [("on_event", "test.flag")]

@@ -374,7 +374,7 @@ def test_silero_backend_on_real_speech(real_signal) -> None:
         {"min_utterance_s": 3.0, "max_utterance_s": 2.0},
         {"min_utterance_s": 2.0, "max_utterance_s": 2.0},
         {"padding_ms": 20},
-        {"max_utterance_s": 0.3, "min_utterance_s": 0.1},
+        {"max_utterance_s": 0.32, "min_utterance_s": 0.1},
         {"start_ratio": 0.0},
         {"stop_ratio": 1.5},
         {"backend": "energy"},
@@ -385,6 +385,14 @@ def test_silero_backend_on_real_speech(real_signal) -> None:
 def test_invalid_configs_are_refused(fields: dict) -> None:
     with pytest.raises(ValidationError):
         VadConfig(**fields)
+
+
+def test_shortest_allowed_maximum_still_cuts_at_the_maximum() -> None:
+    config = VadConfig(max_utterance_s=0.33, min_utterance_s=0.1)
+    signal = np.concatenate([silence(0.3), np.full(40 * FRAME, 0.25, np.float32), silence(0.6)])
+    pieces = segments(VoiceSegmenter(config, EnergyBackend()).push(signal))
+    assert all(len(piece.samples) <= 11 * FRAME for piece in pieces)
+    assert sum(len(piece.samples) for piece in pieces) >= 40 * FRAME
 
 
 def test_config_errors_name_the_field() -> None:
