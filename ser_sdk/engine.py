@@ -517,6 +517,7 @@ class Session:
         if not self._started:
             self._events.close()
             return
+        end: SessionEndEvent | None = None
         try:
             async with self._lock:  # let a feed() in progress finish first
                 try:
@@ -532,16 +533,20 @@ class Session:
                 await self._pending.put(_END)
                 assert self._sequencer is not None
                 await self._sequencer
-                await self._emit(
-                    SessionEndEvent(
-                        session_id=self.session_id,
-                        duration=self.state.audio_seconds,
-                        utterances=self.state.utterances,
-                    )
+                end = SessionEndEvent(
+                    session_id=self.session_id,
+                    duration=self.state.audio_seconds,
+                    utterances=self.state.utterances,
                 )
+                assert self._dispatcher is not None
+                await self._dispatcher.dispatch(end, self.snapshot())
             finally:
                 assert self._dispatcher is not None
+                # Drain the plugins first, so what they publish on the way out
+                # (on_session_end included) still precedes session.end in events().
                 await self._dispatcher.close()
+                if end is not None:
+                    self._events.put(end)
                 self._events.close()
                 self.engine._forget(self)
 

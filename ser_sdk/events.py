@@ -165,7 +165,8 @@ class SessionState(BaseModel):
 
     @property
     def mood_label(self) -> str:
-        return self.mood.label
+        """The running mood's emotion; ``"neutral"`` until something has been heard."""
+        return self.mood.label if self.utterances else "neutral"
 
 
 class Prosody(BaseModel):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -521,7 +521,8 @@ class SessionDispatcher:
 
     async def drain(self) -> None:
         """Wait until every lane is empty and idle, including events published meanwhile."""
-        await self._idle.wait()
+        while self._queued:
+            await self._idle.wait()
 
     async def close(self) -> None:
         """Deliver everything queued, then stop the lanes and unregister the session."""
@@ -533,11 +534,3 @@ class SessionDispatcher:
             lane.put_nowait(_CLOSE)
         await asyncio.gather(*self._workers)
         self.host._forget(self)
-
-    def abort(self) -> Awaitable[Any]:
-        """Cancel the lanes without delivering what is queued (used when the loop is going away)."""
-        self.closed = True
-        for worker in self._workers:
-            worker.cancel()
-        self.host._forget(self)
-        return asyncio.gather(*self._workers, return_exceptions=True)

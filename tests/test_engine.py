@@ -377,13 +377,13 @@ async def test_feed_waits_when_the_model_falls_behind():
         reader = asyncio.create_task(collect(session))
         labels = ["angry", "happy", "neutral", "sad"] * 2
         feeder = asyncio.create_task(feed_all(session, speech(labels)))
-        for _ in range(2000):  # wait until the queue is full (no timing assertion: a bounded poll)
-            stats = engine.stats().batcher
-            if stats.queued == 2 or feeder.done():
+        # One batch held by the model, two queued, one more cut and waiting to be queued: then
+        # feed() must stop there. (A bounded poll for that state, not a timing assertion.)
+        for _ in range(2000):
+            if (engine.stats().batcher.queued, session.stats.utterances_cut) == (2, 4) or feeder.done():
                 break
             await asyncio.sleep(0.005)
-        await asyncio.sleep(0.05)
-        # One batch held by the model, two queued, one more cut and waiting to be queued: no more.
+        await asyncio.sleep(0.05)  # give it every chance to go further
         assert not feeder.done()
         assert engine.stats().batcher.queued == 2
         assert session.stats.utterances_cut == 4
@@ -465,6 +465,33 @@ async def test_published_events_reach_other_plugins_and_the_iterator():
     assert events.index(flags[0]) < len(events) - 1  # before session.end
     assert [e.event_id for e in of_type(recorder.events, "test.flag")] == [f.event_id for f in flags]
     assert "test.flag" not in flagger.seen
+
+
+class Summary(Plugin):
+    """Publishes a summary when a session ends."""
+
+    name = "summary"
+
+    async def on_session_end(self, event, state):
+        await self.context.publish(Flag(session_id=event.session_id, label=state.mood_label))
+
+
+async def test_session_end_is_the_last_event_even_when_plugins_publish_late():
+    class LateFlagger(Flagger):
+        name = "late-flagger"
+
+        async def on_emotion(self, event, state):
+            await asyncio.sleep(0.02)  # still busy when the stream ends
+            await super().on_emotion(event, state)
+
+    recorder = Recorder()
+    plugins = [LateFlagger(), Summary(), recorder]
+    async with EmotionEngine(LevelClassifier(), plugins=plugins) as engine:
+        events = await run_session(engine, speech(["angry", "angry"]))
+    assert [e.type for e in events[-4:]] == ["test.flag", "test.flag", "test.flag", "session.end"]
+    assert sorted(e.label for e in of_type(events, "test.flag")) == ["angry", "angry", "angry"]
+    assert recorder.events[-1].type == "test.flag"  # the summary reached the other plugins too
+    assert len(of_type(recorder.events, "test.flag")) == 3
 
 
 class Echo(Plugin):
