@@ -23,19 +23,19 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import speechbrain as sb  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from hyperpyyaml import load_hyperpyyaml, resolve_references  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+import speechbrain as sb
+import torch
+import yaml
+from hyperpyyaml import load_hyperpyyaml, resolve_references
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from metrics import classification_report, expected_calibration_error  # noqa: E402
-from train import LABELS, dataio_prepare  # noqa: E402
+from metrics import classification_report, expected_calibration_error
+from train import LABELS, dataio_prepare
 
-from ser_sdk.model import ModelInfo  # noqa: E402
+from ser_sdk.model import ModelInfo
 
 INFERENCE_TEMPLATES = Path(__file__).resolve().parent / "hparams" / "inference"
 
@@ -48,7 +48,10 @@ def architecture_of(hparams: dict) -> str:
 @torch.inference_mode()
 def split_logits(hparams: dict, dataset) -> tuple[np.ndarray, np.ndarray]:
     """Raw (logit-scaled) outputs and targets over a split, one utterance at a time (no padding effects)."""
-    modules = {name: hparams[name].eval() for name in ("compute_features", "mean_var_norm", "embedding_model", "classifier")}
+    modules = {
+        name: hparams[name].eval()
+        for name in ("compute_features", "mean_var_norm", "embedding_model", "classifier")
+    }
     logits, targets = [], []
     for item in tqdm(dataset, desc="scoring validation split", unit="clip", leave=False):
         wav = item["sig"].unsqueeze(0)
@@ -61,7 +64,7 @@ def split_logits(hparams: dict, dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Temperature scaling (Guo et al., 2017): the T > 0 that minimises validation NLL of softmax(logits / T)."""
+    """Temperature scaling (Guo et al., 2017): the T > 0 minimising validation NLL of softmax(logits / T)."""
     log_t = torch.zeros(1, requires_grad=True)
     x, y = torch.from_numpy(logits).double(), torch.from_numpy(targets).long()
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
@@ -83,7 +86,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def is_plain_value(value: object) -> bool:
     scalars = (int, float, str, bool)
-    return isinstance(value, scalars) or (isinstance(value, list) and all(isinstance(v, scalars) for v in value))
+    return isinstance(value, scalars) or (
+        isinstance(value, list) and all(isinstance(v, scalars) for v in value)
+    )
 
 
 def write_inference_hparams(hparams: dict, architecture: str, destination: Path) -> None:

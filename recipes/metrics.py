@@ -40,8 +40,8 @@ def report_from_confusion(matrix: np.ndarray, labels: Sequence[str]) -> Classifi
         confusion=matrix.tolist(),
         ua=float(recall[present].mean()) if present.any() else 0.0,
         wa=float(np.trace(matrix) / total) if total else 0.0,
-        recall={label: float(r) for label, r, p in zip(labels, recall, present) if p},
-        support={label: int(s) for label, s in zip(labels, support)},
+        recall={label: float(r) for label, r, p in zip(labels, recall, present, strict=False) if p},
+        support={label: int(s) for label, s in zip(labels, support, strict=False)},
     )
 
 

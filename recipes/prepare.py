@@ -56,7 +56,9 @@ def _audio_files(folder: Path) -> Iterator[Path]:
 
 # --- CREMA-D ---------------------------------------------------------------
 CREMAD_EMOTIONS = {"ANG": "angry", "HAP": "happy", "SAD": "sad", "NEU": "neutral"}
-CREMAD_NAME = re.compile(r"^(?P<actor>\d{4})_(?P<sentence>[A-Z]{3})_(?P<emotion>[A-Z]{3})_(?P<level>[A-Z]{2})$")
+CREMAD_NAME = re.compile(
+    r"^(?P<actor>\d{4})_(?P<sentence>[A-Z]{3})_(?P<emotion>[A-Z]{3})_(?P<level>[A-Z]{2})$"
+)
 
 
 def _cremad_sexes(root: Path) -> dict[str, str]:
@@ -80,7 +82,9 @@ def parse_cremad(root: Path, **_: object) -> Iterator[Clip]:
 
 # --- RAVDESS ---------------------------------------------------------------
 RAVDESS_EMOTIONS = {"01": "neutral", "03": "happy", "04": "sad", "05": "angry"}
-RAVDESS_NAME = re.compile(r"^03-01-(?P<emotion>\d{2})-(?P<intensity>\d{2})-(?P<statement>\d{2})-\d{2}-(?P<actor>\d{2})$")
+RAVDESS_NAME = re.compile(
+    r"^03-01-(?P<emotion>\d{2})-(?P<intensity>\d{2})-(?P<statement>\d{2})-\d{2}-(?P<actor>\d{2})$"
+)
 
 
 def parse_ravdess(root: Path, include_calm: bool = False, **_: object) -> Iterator[Clip]:
@@ -145,17 +149,30 @@ def parse_savee(root: Path, **_: object) -> Iterator[Clip]:
 # --- EmoDB -----------------------------------------------------------------
 EMODB_EMOTIONS = {"W": "angry", "F": "happy", "T": "sad", "N": "neutral"}
 EMODB_NAME = re.compile(r"^(?P<speaker>\d{2})(?P<text>[ab]\d{2})(?P<emotion>[A-Z])(?P<version>[a-z])$")
-EMODB_SEXES = {"03": "M", "08": "F", "09": "F", "10": "M", "11": "M", "12": "M", "13": "F", "14": "F", "15": "M", "16": "F"}
+EMODB_SEXES = {
+    "03": "M",
+    "08": "F",
+    "09": "F",
+    "10": "M",
+    "11": "M",
+    "12": "M",
+    "13": "F",
+    "14": "F",
+    "15": "M",
+    "16": "F",
+}
 
 
 def parse_emodb(root: Path, **_: object) -> Iterator[Clip]:
-    """``wav/{speaker:2}{text:3}{emotion:1}{version:1}``; German; W=anger, F=happiness, T=sadness, N=neutral."""
+    """``wav/{speaker:2}{text:3}{emotion:1}{version:1}``; German; W anger, F joy, T sadness, N neutral."""
     for path in _audio_files(root / "wav" if (root / "wav").is_dir() else root):
         match = EMODB_NAME.match(path.stem)
         if not match or match["emotion"] not in EMODB_EMOTIONS:
             continue
         speaker = match["speaker"]
-        yield Clip(path, "emodb", f"emodb_{speaker}", EMODB_EMOTIONS[match["emotion"]], EMODB_SEXES.get(speaker))
+        yield Clip(
+            path, "emodb", f"emodb_{speaker}", EMODB_EMOTIONS[match["emotion"]], EMODB_SEXES.get(speaker)
+        )
 
 
 Parser = Callable[..., Iterator[Clip]]
@@ -203,7 +220,9 @@ def drop_conflicting_duplicates(
     for group in groups.values():
         labels = {clip.label for clip in group}
         if len(labels) > 1:
-            logger.warning("dropping identical audio with labels %s: %s", sorted(labels), [c.path.name for c in group])
+            logger.warning(
+                "dropping identical audio with labels %s: %s", sorted(labels), [c.path.name for c in group]
+            )
             continue
         if len(group) > 1:
             logger.info("keeping one of %d identical clips: %s", len(group), [c.path.name for c in group])
@@ -211,9 +230,7 @@ def drop_conflicting_duplicates(
     return sorted(kept, key=lambda clip: clip.utterance_id)
 
 
-def split_speakers(
-    clips: Sequence[Clip], ratios: tuple[float, float, float], seed: int
-) -> dict[str, str]:
+def split_speakers(clips: Sequence[Clip], ratios: tuple[float, float, float], seed: int) -> dict[str, str]:
     """Speaker -> split, per corpus and per sex, seeded.
 
     Within each (corpus, sex) group the shuffled speakers are cut by the
@@ -241,7 +258,7 @@ def split_speakers(
             rng.shuffle(group)
             n = len(group)
             wanted = [n * ratios[1] + carry[0], n * ratios[2] + carry[1]]
-            n_valid, n_test = (int(round(w)) for w in wanted)
+            n_valid, n_test = (round(w) for w in wanted)
             if n >= 3:
                 n_valid, n_test = max(n_valid, 1), max(n_test, 1)
             n_valid = min(n_valid, max(n - 1, 0))
@@ -282,10 +299,10 @@ def prepare(
         "include_calm": include_calm,
     }
     options_file = output_folder / "options.json"
-    if skip_if_prepared and options_file.is_file() and all(p.is_file() for p in paths.values()):
-        if json.loads(options_file.read_text()) == options:
-            logger.info("manifests in %s are up to date", output_folder)
-            return paths
+    prepared = options_file.is_file() and all(p.is_file() for p in paths.values())
+    if skip_if_prepared and prepared and json.loads(options_file.read_text()) == options:
+        logger.info("manifests in %s are up to date", output_folder)
+        return paths
     clips = drop_conflicting_duplicates(collect_clips(data_folder, corpora, include_calm))
     if not clips:
         raise FileNotFoundError(f"no labelled clips of {list(corpora)} under {data_folder}")
@@ -312,7 +329,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--include_calm", action="store_true", help="map RAVDESS calm to neutral")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    prepare(args.data_folder, args.output_folder, args.corpora, seed=args.seed, include_calm=args.include_calm)
+    prepare(
+        args.data_folder, args.output_folder, args.corpora, seed=args.seed, include_calm=args.include_calm
+    )
 
 
 if __name__ == "__main__":

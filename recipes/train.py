@@ -22,15 +22,15 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import speechbrain as sb  # noqa: E402
-import torch  # noqa: E402
-from hyperpyyaml import load_hyperpyyaml  # noqa: E402
-from speechbrain.dataio.dataset import DynamicItemDataset  # noqa: E402
-from speechbrain.dataio.sampler import BalancingDataSampler  # noqa: E402
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.sampler import BalancingDataSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from metrics import classification_report  # noqa: E402
-from prepare import prepare  # noqa: E402
+from metrics import classification_report
+from prepare import prepare
 
 logger = logging.getLogger(__name__)
 LABELS = ("angry", "happy", "sad", "neutral")

@@ -42,7 +42,7 @@ class EmotionScores(BaseModel):
         values = np.clip(values, 0.0, None)
         total = float(values.sum())
         values = values / total if total > 0 else np.full(len(LABELS), 1.0 / len(LABELS))
-        return cls(**{label: float(v) for label, v in zip(LABELS, values)})
+        return cls(**{label: float(v) for label, v in zip(LABELS, values, strict=False)})
 
     @classmethod
     def uniform(cls) -> EmotionScores:
@@ -210,4 +210,3 @@ def event_to_json_dict(event: Event, **extra: Any) -> dict[str, Any]:
     data = event.model_dump(mode="json")
     data.update(extra)
     return data
-

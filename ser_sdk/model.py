@@ -32,7 +32,13 @@ from .events import LABELS, EmotionScores
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 MODEL_SAMPLE_RATE = 16000
-_REQUIRED_FILES = ("hyperparams.yaml", "model.json", "embedding_model.ckpt", "classifier.ckpt", "label_encoder.ckpt")
+_REQUIRED_FILES = (
+    "hyperparams.yaml",
+    "model.json",
+    "embedding_model.ckpt",
+    "classifier.ckpt",
+    "label_encoder.ckpt",
+)
 
 
 def default_model_dir() -> Path:
@@ -57,7 +63,9 @@ class ModelInfo(BaseModel):
     architecture: str
     labels: list[str]
     sample_rate: int = MODEL_SAMPLE_RATE
-    logit_scale: float = Field(1.0, gt=0, description="Multiplies the classifier output (AAM heads give cosines).")
+    logit_scale: float = Field(
+        1.0, gt=0, description="Multiplies the classifier output (AAM heads give cosines)."
+    )
     temperature: float = Field(1.0, gt=0, description="Divides the logits; fitted on the validation split.")
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
