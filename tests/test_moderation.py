@@ -9,7 +9,9 @@ import soundfile as sf
 from pydantic import ValidationError
 from ser_sdk_moderation import ModerationConfig, ModerationFlagEvent, ModerationPlugin
 
+from ser_sdk import load_audio
 from ser_sdk.events import EmotionEvent, EmotionScores, Event, SessionEndEvent, SessionState, Utterance
+from ser_sdk.plugin import Plugin
 
 
 class RecordingContext:
@@ -220,10 +222,10 @@ async def test_real_angry_clips_are_flagged_and_neutral_ones_are_not(
     results: dict[str, float] = {}
     for label in ("angry", "neutral"):
         paths = _spread(cremad_clips[label], per_label)
-        audio = [sf.read(path, dtype="float32")[0] for path in paths]
+        audio = [load_audio(path) for path in paths]
         scores = model.classify(audio)
         flagged = 0
-        for index, (path, score) in enumerate(zip(paths, scores)):
+        for index, (path, score) in enumerate(zip(paths, scores, strict=True)):
             plugin, context = await started()  # defaults; one independent session per clip
             session_id = f"{label}-{index}"
             event = EmotionEvent(
@@ -241,3 +243,73 @@ async def test_real_angry_clips_are_flagged_and_neutral_ones_are_not(
         results[label] = flagged / len(paths)
     assert results["angry"] >= 0.75, results
     assert results["neutral"] <= 0.125, results
+
+
+# ----------------------------------------------------------------------------- through the engine
+
+
+class ScriptedClassifier:
+    """A model stand-in (the engine's edge) that gives the n-th utterance the n-th angry probability."""
+
+    model_id = "scripted"
+    labels = ("angry", "happy", "sad", "neutral")
+
+    def __init__(self, angry: list[float]) -> None:
+        self._angry = list(angry)
+
+    def classify(self, batch: list[np.ndarray]) -> list[EmotionScores]:
+        scores = []
+        for _ in batch:
+            angry = self._angry.pop(0)
+            scores.append(EmotionScores.from_probs([angry, 0.0, 0.0, 1.0 - angry]))
+        return scores
+
+
+def voiced_bursts(count: int, seconds: float = 1.2, gap: float = 1.0) -> np.ndarray:
+    """``count`` harmonic bursts (the VAD hears them as speech) separated by silence, at 16 kHz."""
+    t = np.arange(int(seconds * 16000)) / 16000
+    burst = sum(np.sin(2 * np.pi * 160.0 * k * t) / k for k in range(1, 8))
+    burst = 0.15 * np.minimum(1.0, np.minimum(t, seconds - t) / 0.05) * burst
+    silence = np.zeros(int(gap * 16000))
+    return np.concatenate([silence, *([burst, silence] * count)]).astype(np.float32)
+
+
+class Recorder(Plugin):
+    """Records every event it is given, including those other plugins publish."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Event] = []
+
+    async def on_event(self, event: Event) -> None:
+        self.seen.append(event)
+
+
+async def test_flags_reach_the_session_events_and_other_plugins() -> None:
+    from ser_sdk import EmotionEngine
+
+    # One neutral utterance, then four angry ones.
+    classifier = ScriptedClassifier([0.05, 0.9, 0.9, 0.9, 0.9])
+    recorder = Recorder()
+    async with EmotionEngine(classifier, plugins=[ModerationPlugin(), recorder]) as engine:
+        session = engine.session(session_id="call-42")
+        audio = voiced_bursts(5)
+        async with session:
+            for offset in range(0, len(audio), 320):
+                await session.feed(audio[offset : offset + 320])
+        events = [event async for event in session.events()]
+
+    emotions = [e for e in events if isinstance(e, EmotionEvent)]
+    published = [e for e in events if isinstance(e, ModerationFlagEvent)]
+    assert len(emotions) == 5
+    assert [flag.severity for flag in published] == ["low", "medium", "high"]
+    assert len({flag.incident_id for flag in published}) == 1
+    assert [item.emotion_event_id for item in published[-1].evidence] == [e.event_id for e in emotions[1:]]
+    assert published[0].start == pytest.approx(emotions[1].start)
+    # Flags come before the session ends, and the other plugin saw each of them.
+    assert events[-1].type == "session.end"
+    assert [e.event_id for e in recorder.seen if e.type == "moderation.flag"] == [
+        f.event_id for f in published
+    ]

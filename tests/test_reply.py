@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 from ser_sdk_reply import DEFAULT_TEMPLATES, ReplyPlugin
@@ -26,7 +27,9 @@ def emotion(label: str, p: float, start: float = 0.0) -> EmotionEvent:
     )
 
 
-def session(mood: EmotionScores, recent: list[EmotionEvent] | None = None, utterances: int = 3) -> SessionState:
+def session(
+    mood: EmotionScores, recent: list[EmotionEvent] | None = None, utterances: int = 3
+) -> SessionState:
     return SessionState(
         session_id="s",
         sample_rate=16000,
@@ -166,3 +169,55 @@ def test_config_errors_name_the_field() -> None:
         ReplyPlugin({"min_confidence": 2})
     with pytest.raises(ValidationError, match="tone_lines"):
         ReplyPlugin({"templates": {"sad": {"tone_lines": ["x"]}}})
+
+
+# ----------------------------------------------------------------------------- through the engine
+
+
+class ScriptedClassifier:
+    """A model stand-in (the engine's edge) that gives the n-th utterance the n-th scores."""
+
+    model_id = "scripted"
+    labels = LABELS
+
+    def __init__(self, scores: list[EmotionScores]) -> None:
+        self._scores = list(scores)
+
+    def classify(self, batch: list[np.ndarray]) -> list[EmotionScores]:
+        return [self._scores.pop(0) for _ in batch]
+
+
+def voiced_burst(seconds: float = 1.2, gap: float = 1.0) -> np.ndarray:
+    """One harmonic burst (the VAD hears it as speech) followed by silence, at 16 kHz."""
+    t = np.arange(int(seconds * 16000)) / 16000
+    burst = sum(np.sin(2 * np.pi * 160.0 * k * t) / k for k in range(1, 8))
+    burst = 0.15 * np.minimum(1.0, np.minimum(t, seconds - t) / 0.05) * burst
+    return np.concatenate([burst, np.zeros(int(gap * 16000))]).astype(np.float32)
+
+
+async def test_turn_loop_through_the_engine() -> None:
+    from ser_sdk import EmotionEngine
+
+    classifier = ScriptedClassifier([scores_for("angry", 0.9)] * 3)
+    async with EmotionEngine(classifier, plugins=[ReplyPlugin()]) as engine, engine.session() as session:
+        await session.feed(np.zeros(8000, dtype=np.float32))
+        first = await session.adapt_reply("Hello, how can I help?")
+        assert first.tone_instructions == [] and first.prosody is None and first.applied_by == []
+
+        await session.feed(voiced_burst())
+        one_angry = await session.adapt_reply("Let me look into it.")
+        # One utterance moves the smoothed mood only part of the way: still below the bound.
+        assert session.state.utterances == 1
+        assert one_angry.applied_by == [] and one_angry.escalate is False
+
+        for _ in range(2):
+            await session.feed(voiced_burst())
+        advice = await session.adapt_reply("I understand. Let me fix this.")
+
+    assert session.state.utterances == 3
+    assert advice.applied_by == ["reply"]
+    assert advice.escalate is True
+    assert advice.tone_instructions[: len(DEFAULT_TEMPLATES["angry"].tone)] == DEFAULT_TEMPLATES["angry"].tone
+    assert advice.prosody is not None and advice.prosody.rate == "90%"
+    assert advice.hints["mood"]["label"] == "angry"
+    assert advice.ssml().startswith('<speak><prosody rate="90%" pitch="low" volume="soft">')

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from aiohttp import web
@@ -105,15 +106,27 @@ class Receiver:
             self._runner = None
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
-        async def loop() -> None:
-            while not condition():
-                self._changed.clear()
-                try:
-                    await asyncio.wait_for(self._changed.wait(), 0.1)
-                except asyncio.TimeoutError:
-                    pass
+        await eventually(condition, timeout, self._changed)
 
-        await asyncio.wait_for(loop(), timeout)
+
+async def eventually(
+    condition: Callable[[], Any], timeout: float = 10.0, changed: asyncio.Event | None = None
+) -> Any:
+    """Wait until ``condition()`` is truthy and return it; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        if changed is None:
+            await asyncio.sleep(0.05)
+            continue
+        changed.clear()
+        waiter = asyncio.ensure_future(changed.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=0.1)
+        finally:
+            waiter.cancel()
+    return result
 
 
 @pytest.fixture
@@ -316,12 +329,10 @@ async def test_receiver_down_then_up(tmp_path: Path) -> None:
     for event in events:
         await plugin.on_event(event)
 
-    async def failed_at_least_once() -> None:
-        while not (rows := pending_rows(outbox)) or min(row.attempts for row in rows) < 1:
-            await asyncio.sleep(0.05)
-        assert all("Connect" in (row.last_error or "") for row in rows)
-
-    await asyncio.wait_for(failed_at_least_once(), 10)
+    rows = await eventually(
+        lambda: (rows := pending_rows(outbox)) and min(r.attempts for r in rows) >= 1 and rows
+    )
+    assert all("Connect" in (row.last_error or "") for row in rows)
     await receiver.start()
     try:
         await receiver.wait_for(lambda: len(receiver.unique) == 3)
@@ -435,12 +446,7 @@ async def test_loopback_hostname_is_refused_at_delivery_time(tmp_path: Path, rec
     event = flag()
     await plugin.on_event(event)
 
-    async def dead_lettered() -> list:
-        while not (rows := pending_rows(outbox, "dead")):
-            await asyncio.sleep(0.05)
-        return rows
-
-    dead = await asyncio.wait_for(dead_lettered(), 10)
+    dead = await eventually(lambda: pending_rows(outbox, "dead"))
     await plugin.stop()
     assert receiver.requests == []
     assert "loopback" in (dead[0].last_error or "")
@@ -550,3 +556,69 @@ def test_commands_report_a_bad_config(tmp_path: Path) -> None:
     result = _cli("status", "--config", str(config_file), cwd=tmp_path)
     assert result.returncode == 2
     assert "plugins.webhooks.endpoints.0" in result.stderr
+
+
+# ----------------------------------------------------------------------------- through the engine
+
+
+class ScriptedClassifier:
+    """A model stand-in (the engine's edge) that gives the n-th utterance the n-th angry probability."""
+
+    model_id = "scripted"
+    labels = ("angry", "happy", "sad", "neutral")
+
+    def __init__(self, angry: list[float]) -> None:
+        self._angry = list(angry)
+
+    def classify(self, batch: list[np.ndarray]) -> list[EmotionScores]:
+        scores = []
+        for _ in batch:
+            angry = self._angry.pop(0)
+            scores.append(EmotionScores.from_probs([angry, 0.0, 0.0, 1.0 - angry]))
+        return scores
+
+
+def voiced_bursts(count: int, seconds: float = 1.2, gap: float = 1.0) -> np.ndarray:
+    """``count`` harmonic bursts (the VAD hears them as speech) separated by silence, at 16 kHz."""
+    t = np.arange(int(seconds * 16000)) / 16000
+    burst = sum(np.sin(2 * np.pi * 160.0 * k * t) / k for k in range(1, 8))
+    burst = 0.15 * np.minimum(1.0, np.minimum(t, seconds - t) / 0.05) * burst
+    silence = np.zeros(int(gap * 16000))
+    return np.concatenate([silence, *([burst, silence] * count)]).astype(np.float32)
+
+
+async def test_moderation_flags_from_the_engine_arrive_at_the_webhook(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    from ser_sdk_moderation import ModerationFlagEvent, ModerationPlugin
+
+    from ser_sdk import EmotionEngine, load_config
+    from ser_sdk.plugins import load_plugins
+
+    outbox = tmp_path / "outbox.sqlite"
+    config_file = tmp_path / "ser.yaml"
+    config_file.write_text(
+        yaml.safe_dump(
+            {"plugins": {"moderation": {"threshold": 0.6}, "webhooks": config(outbox, receiver.url)}}
+        )
+    )
+    sdk = load_config(config_file)
+    plugins = load_plugins(
+        sdk.plugins, available={"moderation": ModerationPlugin, "webhooks": WebhooksPlugin}
+    )
+    engine = EmotionEngine(ScriptedClassifier([0.2, 0.9, 0.95]), config=sdk.engine, plugins=plugins)
+    async with engine:
+        audio = voiced_bursts(3)
+        async with engine.session(session_id="call-7") as session:
+            for offset in range(0, len(audio), 480):
+                await session.feed(audio[offset : offset + 480])
+    # Closing the engine stopped the webhooks plugin, which waited for its deliveries.
+
+    flags = [ModerationFlagEvent.model_validate(body) for body in receiver.unique.values()]
+    assert [(f.session_id, f.severity, f.escalated) for f in flags] == [
+        ("call-7", "low", False),
+        ("call-7", "medium", True),
+    ]
+    assert flags[0].incident_id == flags[1].incident_id
+    assert [r.event_type for r in receiver.requests] == ["moderation.flag", "moderation.flag"]
+    assert pending_rows(outbox) == [] and pending_rows(outbox, "dead") == []

@@ -37,15 +37,21 @@ class ModerationConfig(PluginConfig):
         description="An utterance counts as angry when its angry probability is at least this.",
     )
     min_confidence: float = Field(
-        0.45,
+        0.4,
         ge=0.0,
         le=1.0,
-        description="Nothing is flagged when the model's top probability for the utterance is below this.",
+        description=(
+            "Nothing is flagged when the model's top probability for the utterance is below this "
+            "(it matters once threshold is lowered below 0.5)."
+        ),
     )
     window_s: float = Field(
         60.0, gt=0.0, description="Angry utterances this many seconds apart or closer count together."
     )
-    escalation: EscalationLevels = Field(default_factory=EscalationLevels)
+    escalation: EscalationLevels = Field(
+        default_factory=EscalationLevels,
+        description="Angry utterances within window_s that raise the severity to medium and to high.",
+    )
     cooldown_s: float = Field(
         30.0,
         ge=0.0,

@@ -92,8 +92,12 @@ class WebhooksConfig(PluginConfig):
         Path("ser-outbox.sqlite"),
         description="SQLite file holding undelivered events (relative paths: from the working directory).",
     )
-    endpoints: list[EndpointConfig] = Field(min_length=1)
-    retry: RetryConfig = Field(default_factory=RetryConfig)
+    endpoints: list[EndpointConfig] = Field(
+        min_length=1, description="Receivers: url, secret, events and per-endpoint limits."
+    )
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig, description="Backoff between attempts and when to dead-letter."
+    )
     drain_timeout_s: float = Field(
         10.0,
         ge=0.0,

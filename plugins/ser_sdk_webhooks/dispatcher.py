@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from .config import EndpointConfig, RetryConfig, WebhooksConfig
-from .netguard import PublicOnlyResolver
+from .netguard import ForbiddenAddressError, PublicOnlyResolver
 from .outbox import Delivery, Outbox
 from .signing import EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER, sign
 
@@ -46,6 +46,20 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set or ``timeout`` passes.
+
+    ``asyncio.wait`` rather than ``wait_for``: before Python 3.12 a cancellation
+    that coincides with ``wait_for``'s timeout can be lost, which would leave a
+    worker running after ``close()``.
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
 
 
 @dataclass
@@ -78,10 +92,6 @@ class EndpointWorker:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
 
-    @property
-    def busy(self) -> bool:
-        return bool(self._inflight)
-
     async def start(self) -> None:
         resolver = None if self.endpoint.allow_private_network else PublicOnlyResolver()
         connector = aiohttp.TCPConnector(limit=self.endpoint.max_concurrency, resolver=resolver)
@@ -109,8 +119,10 @@ class EndpointWorker:
             if free > 0:
                 try:
                     claimed = await asyncio.to_thread(self._outbox.claim, key, free, lease_s)
-                except sqlite3.Error as exc:
-                    self._log.error("webhooks: cannot read the outbox %s: %s", self._outbox.path, exc)
+                except Exception as exc:  # a locked or broken database: log, wait a poll interval, try again
+                    self._log.error(
+                        "webhooks: cannot read the outbox %s: %s", self._outbox.path, exc, exc_info=exc
+                    )
                 for delivery in claimed:
                     task = asyncio.create_task(self._deliver(delivery))
                     self._inflight.add(task)
@@ -132,8 +144,7 @@ class EndpointWorker:
                 due = None
             if due is not None:
                 delay = min(_POLL_S, max(due - time.time(), 0.005))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), delay)
+        await _wait(self._wakeup, delay)
 
     async def _deliver(self, delivery: Delivery) -> None:
         try:
@@ -207,6 +218,9 @@ class EndpointWorker:
         except asyncio.TimeoutError:
             return f"timed out after {self.endpoint.timeout_s:g} s", None
         except Exception as exc:  # any failure to get a response is a failed attempt, never a crash
+            refused = getattr(exc, "os_error", None)  # aiohttp wraps the resolver's error
+            if isinstance(refused, ForbiddenAddressError):
+                return str(refused), None
             return f"{type(exc).__name__}: {exc}", None
 
 
@@ -236,9 +250,8 @@ class Dispatcher:
     async def drain(self, timeout_s: float) -> bool:
         """Keep delivering until nothing is pending (``True``) or ``timeout_s`` runs out (``False``).
 
-        Returns early when no attempt is in flight and the next one is not due
-        before the deadline, so a dead receiver does not hold a shutdown for
-        the whole timeout.
+        Returns early when no pending delivery is due before the deadline, so a
+        dead receiver does not hold a shutdown for the whole timeout.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -250,13 +263,11 @@ class Dispatcher:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
-            if not any(worker.busy for worker in self._workers.values()):
-                dues = [await asyncio.to_thread(self._outbox.next_due, key) for key in keys]
-                soonest = min((due for due in dues if due is not None), default=None)
-                if soonest is not None and soonest - time.time() > remaining:
-                    return False
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), min(remaining, 0.25))
+            # Rows in flight were due when claimed, so they never trigger this early exit.
+            soonest = await asyncio.to_thread(self._outbox.earliest_attempt, keys)
+            if soonest is not None and soonest - time.time() > remaining:
+                return False
+            await _wait(self._progress, min(remaining, 0.25))
 
     async def close(self) -> None:
         """Stop every worker; attempts in flight are interrupted and their rows stay pending."""

@@ -201,6 +201,18 @@ class Outbox:
             ).fetchone()
         return None if row[0] is None else float(row[0])
 
+    def earliest_attempt(self, endpoints: Iterable[str]) -> float | None:
+        """The earliest scheduled attempt among pending deliveries, leased ones included (in flight = due)."""
+        keys = list(endpoints)
+        marks = ",".join("?" * len(keys))
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(next_attempt_at) FROM deliveries "
+                f"WHERE state = 'pending' AND endpoint IN ({marks})",
+                keys,
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
+
     def pending_count(self, endpoints: Iterable[str] | None = None) -> int:
         with self._lock:
             if endpoints is None:
