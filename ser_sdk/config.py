@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .errors import ConfigError
 from .vad import VadConfig
@@ -65,6 +65,12 @@ class SdkConfig(BaseModel):
     plugins: dict[str, dict[str, Any] | None] = Field(
         default_factory=dict, description="Plugin name -> its options (None for defaults)."
     )
+    _config_dir: Path | None = PrivateAttr(None)
+
+    @property
+    def config_dir(self) -> Path | None:
+        """The folder of the file this came from: relative paths in plugin options resolve against it."""
+        return self._config_dir
 
     @model_validator(mode="before")
     @classmethod
@@ -126,4 +132,5 @@ def load_config(path: str | os.PathLike[str]) -> SdkConfig:
         if not model_dir.is_absolute():
             model_dir = (path.parent / model_dir).resolve()
         config = config.model_copy(update={"model": str(model_dir)})
+    config._config_dir = path.parent.resolve()
     return config

@@ -468,7 +468,7 @@ class EmotionEngine:
             source = str(config)
             config = load_config(config)
         try:
-            plugins = load_plugins(config.plugins)
+            plugins = load_plugins(config.plugins, config_dir=config.config_dir)
         except (ConfigError, PluginError) as exc:
             if source is None:
                 raise

@@ -9,9 +9,10 @@ the stream and the other plugins go on.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo
 
 from .events import (
     EmotionEvent,
@@ -23,6 +24,21 @@ from .events import (
     SpeechStartEvent,
     Utterance,
 )
+
+CONFIG_DIR_KEY = "config_dir"
+
+
+def resolve_config_path(path: Path, info: ValidationInfo) -> Path:
+    """Resolve a relative path option against the config file's folder (when options came from a file).
+
+    Use it in a plugin config's ``field_validator`` so that a YAML file means
+    the same thing whatever the working directory of the process reading it.
+    """
+    path = path.expanduser()
+    config_dir = (info.context or {}).get(CONFIG_DIR_KEY)
+    if path.is_absolute() or config_dir is None:
+        return path
+    return Path(config_dir) / path
 
 
 class PluginConfig(BaseModel):

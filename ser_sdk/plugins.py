@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
@@ -37,7 +38,7 @@ from .events import (
     Utterance,
     UtteranceEvent,
 )
-from .plugin import Plugin, PluginContext
+from .plugin import CONFIG_DIR_KEY, Plugin, PluginContext
 
 logger = logging.getLogger("ser_sdk.plugins")
 
@@ -91,12 +92,17 @@ def _load_entry_point(ep: EntryPoint) -> type[Plugin] | None:
 def load_plugins(
     configs: Mapping[str, Mapping[str, Any] | None],
     available: Mapping[str, type[Plugin]] | None = None,
+    *,
+    config_dir: Path | None = None,
 ) -> list[Plugin]:
     """Instantiate the named plugins with their options, in the mapping's order.
 
     ``available`` defaults to ``discover_plugins()``. An unknown name raises
     ``PluginError`` listing the names that exist; invalid options raise
     ``ConfigError`` naming each field as ``plugins.<name>.<field>: <problem>``.
+    Options are validated with ``config_dir`` in the pydantic validation
+    context, so a plugin's path options can resolve against the config file's
+    folder (see ``ser_sdk.plugin.resolve_config_path``).
     """
     if not configs:
         return []
@@ -111,7 +117,8 @@ def load_plugins(
         if options is not None and not isinstance(options, Mapping):
             raise ConfigError(f"plugins.{name}: expected a mapping of options, got {type(options).__name__}")
         try:
-            plugins.append(cls(dict(options or {})))
+            validated = cls.Config.model_validate(dict(options or {}), context={CONFIG_DIR_KEY: config_dir})
+            plugins.append(cls(validated))
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, prefix=("plugins", name))) from exc
         except Exception as exc:

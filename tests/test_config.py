@@ -54,7 +54,7 @@ def test_absolute_and_home_model_paths(tmp_path: Path, monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "vad:\nengine:\nplugins:\n"])
 def test_empty_file_and_empty_sections_mean_defaults(tmp_path: Path, text: str):
-    assert load_config(write(tmp_path, text)) == SdkConfig()
+    assert load_config(write(tmp_path, text)).model_dump() == SdkConfig().model_dump()
 
 
 @pytest.mark.parametrize(
@@ -172,3 +172,29 @@ async def test_a_missing_model_directory_fails_when_the_engine_starts(tmp_path: 
     with pytest.raises(ModelError, match="no-such-model"):
         await engine.start()
     await engine.close()
+
+
+def test_plugin_path_options_resolve_against_the_config_file(tmp_path, monkeypatch):
+    from ser_sdk_webhooks import WebhooksPlugin
+
+    from ser_sdk.plugins import load_plugins
+
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    config_file = folder / "ser.yaml"
+    config_file.write_text(
+        "plugins:\n"
+        "  webhooks:\n"
+        "    outbox: data/outbox.sqlite\n"
+        "    endpoints:\n"
+        "      - {url: 'http://127.0.0.1:9/hooks', secret: s, events: ['*'], allow_private_network: true}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(config_file)
+    assert config.config_dir == folder.resolve()
+    (plugin,) = load_plugins(config.plugins, {"webhooks": WebhooksPlugin}, config_dir=config.config_dir)
+    assert plugin.config.outbox == folder.resolve() / "data" / "outbox.sqlite"
+    (plain,) = load_plugins(config.plugins, {"webhooks": WebhooksPlugin})
+    assert plain.config.outbox == Path("data/outbox.sqlite")

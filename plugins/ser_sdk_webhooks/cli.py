@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ser_sdk.errors import ConfigError, SerError
+from ser_sdk.plugin import CONFIG_DIR_KEY
 
 from .config import WebhooksConfig
 from .outbox import Delivery, Outbox
@@ -59,7 +60,9 @@ def load_webhooks_config(path: Path) -> WebhooksConfig:
     if "webhooks" not in sdk.plugins:
         raise ConfigError(f"{path}: has no plugins.webhooks section")
     try:
-        return WebhooksConfig.model_validate(sdk.plugins["webhooks"] or {})
+        return WebhooksConfig.model_validate(
+            sdk.plugins["webhooks"] or {}, context={CONFIG_DIR_KEY: sdk.config_dir}
+        )
     except ValidationError as exc:
         lines = [
             f"{path}: plugins.webhooks.{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"

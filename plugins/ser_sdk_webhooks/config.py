@@ -6,9 +6,9 @@ import fnmatch
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from ser_sdk.plugin import PluginConfig
+from ser_sdk.plugin import PluginConfig, resolve_config_path
 
 from .netguard import describe, is_forbidden, literal_address
 
@@ -90,7 +90,7 @@ class WebhooksConfig(PluginConfig):
 
     outbox: Path = Field(
         Path("ser-outbox.sqlite"),
-        description="SQLite file holding undelivered events (relative paths: from the working directory).",
+        description="SQLite file of undelivered events (a relative path: from the config file's folder).",
     )
     endpoints: list[EndpointConfig] = Field(
         min_length=1, description="Receivers: url, secret, events and per-endpoint limits."
@@ -98,6 +98,12 @@ class WebhooksConfig(PluginConfig):
     retry: RetryConfig = Field(
         default_factory=RetryConfig, description="Backoff between attempts and when to dead-letter."
     )
+
+    @field_validator("outbox")
+    @classmethod
+    def _outbox_beside_config(cls, outbox: Path, info: ValidationInfo) -> Path:
+        return resolve_config_path(outbox, info)
+
     drain_timeout_s: float = Field(
         10.0,
         ge=0.0,
