@@ -101,6 +101,14 @@ def write_inference_hparams(hparams: dict, architecture: str, destination: Path)
     destination.write_text(resolved)
 
 
+def training_wall_minutes(output_folder: Path) -> float | None:
+    """From the run's start (``hyperparams.yaml`` is copied then) to its last log line."""
+    start, end = output_folder / "hyperparams.yaml", output_folder / "train_log.txt"
+    if not (start.is_file() and end.is_file()):
+        return None
+    return round((end.stat().st_mtime - start.stat().st_mtime) / 60, 1)
+
+
 def export(hparams_file: str, overrides: dict, export_dir: Path, model_id: str | None = None) -> ModelInfo:
     with open(hparams_file) as handle:
         hparams = load_hyperpyyaml(handle, overrides)
@@ -144,6 +152,7 @@ def export(hparams_file: str, overrides: dict, export_dir: Path, model_id: str |
             "epoch": hparams["epoch_counter"].current,
             "corpora": list(hparams["corpora"]),
             "parameters": size,
+            "wall_minutes": training_wall_minutes(Path(hparams["output_folder"])),
         },
     )
     (export_dir / "model.json").write_text(info.model_dump_json(indent=2) + "\n")

@@ -246,9 +246,13 @@ def test_synthetic_phrases_are_found(synthetic: np.ndarray) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(sizes=st.lists(st.integers(min_value=0, max_value=4000), min_size=1, max_size=20).filter(any))
-def test_synthetic_chunked_equals_whole(synthetic: np.ndarray, sizes: list[int]) -> None:
-    assert run(synthetic, sizes) == run(synthetic)
+@given(
+    first=st.integers(min_value=1, max_value=4000),
+    rest=st.lists(st.integers(min_value=0, max_value=4000), max_size=19),
+)
+def test_synthetic_chunked_equals_whole(synthetic: np.ndarray, first: int, rest: list[int]) -> None:
+    # Empty chunks are allowed anywhere, but one size must be positive for the feed to advance.
+    assert run(synthetic, [first, *rest]) == run(synthetic)
 
 
 @settings(max_examples=30, deadline=None)
