@@ -122,9 +122,15 @@ def training_manifest_folder(model: EmotionModel) -> Path:
 
 
 def parameter_count(model_dir: Path) -> int:
-    """Trainable parameters of the encoder and head, built from the directory's own ``hyperparams.yaml``."""
+    """Trainable parameters of the encoder and head, built from the directory's own ``hyperparams.yaml``.
+
+    An ensemble counts the parameters of all its members.
+    """
     from hyperpyyaml import load_hyperpyyaml
 
+    members = json.loads((model_dir / "model.json").read_text()).get("members") or []
+    if members:
+        return sum(parameter_count(model_dir / member) for member in members)
     with open(model_dir / "hyperparams.yaml") as handle:
         hparams = load_hyperpyyaml(handle, overrides={"pretrainer": None})
     return sum(p.numel() for name in ("embedding_model", "classifier") for p in hparams[name].parameters())

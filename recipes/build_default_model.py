@@ -4,8 +4,9 @@
     python recipes/build_default_model.py --data_folder ../shared/corpora
 
 Trains every recipe (resuming where a run stopped), exports each run's best
-checkpoint with its fitted temperature, keeps the one with the best
-validation UA (test speakers play no part in the choice), copies it into
+checkpoint with its fitted temperature, builds their ensemble, keeps the one
+with the best validation UA (the ensemble only when it gains at least a point
+over the best single model; test speakers play no part in the choice), copies it into
 ``ser_sdk/models/default``, runs ``benchmarks/accuracy.py`` on it and writes
 the model card beside it. When new corpora appear in the data folder, this is
 the only command to run.
@@ -31,6 +32,7 @@ from model_card import write_model_card  # noqa: E402
 from ser_sdk.model import ModelInfo, default_model_dir  # noqa: E402
 
 ARCHITECTURES = ("ecapa", "crnn")
+ENSEMBLE_MIN_GAIN = 0.01
 
 
 def run(command: Sequence[str]) -> None:
@@ -46,13 +48,20 @@ def build(data_folder: Path, architectures: Sequence[str], destination: Path, ex
         run([sys.executable, "recipes/train.py", *common])
         candidates[architecture] = REPO / "results" / "export" / architecture
         run([sys.executable, "recipes/export.py", *common, "--export_dir", str(candidates[architecture])])
+    if len(candidates) > 1:
+        candidates["ensemble"] = REPO / "results" / "export" / "ensemble"
+        members = [str(candidates[name]) for name in architectures]
+        run([sys.executable, "recipes/ensemble.py", *members, "--export_dir", str(candidates["ensemble"])])
     infos = {
         name: ModelInfo.model_validate_json((folder / "model.json").read_text())
         for name, folder in candidates.items()
     }
     scores = {name: info.metrics["valid"]["UA"] for name, info in infos.items()}
     print("validation UA:", json.dumps(scores))
-    best = max(scores, key=scores.get)
+    best = max(architectures, key=scores.get)
+    # An ensemble costs one forward pass per member: it has to earn that on the validation split.
+    if scores.get("ensemble", 0.0) >= scores[best] + ENSEMBLE_MIN_GAIN:
+        best = "ensemble"
     if destination.exists():
         shutil.rmtree(destination)
     shutil.copytree(candidates[best], destination)

@@ -78,15 +78,30 @@ def write_model_card(model_dir: Path, accuracy_folder: Path) -> Path:
     training = info["training"]
     train_minutes = training.get("wall_minutes")
     validation_ua = training.get("compared_on_valid")
-    overrides = " ".join(f"--{k} {v}" for k, v in (training.get("overrides") or {}).items())
-    command = f"python recipes/train.py recipes/hparams/{training['hparams']} --data_folder ../shared/corpora"
+    runs = training.get("members") or {info["architecture"]: training}
+    commands = []
+    for run in runs.values():
+        overrides = " ".join(f"--{k} {v}" for k, v in (run.get("overrides") or {}).items())
+        recipe = f"recipes/hparams/{run['hparams']}"
+        commands.append(f"python recipes/train.py {recipe} --data_folder ../shared/corpora {overrides}")
+    if info.get("members"):
+        commands.append(
+            "python recipes/ensemble.py "
+            + " ".join(f"results/export/{m}" for m in info["members"])
+            + " --export_dir results/export/ensemble"
+        )
+    described = (
+        "an **ensemble** of " + " and ".join(m.upper() for m in info["members"])
+        if info.get("members")
+        else f"a **{info['architecture'].upper()}** classifier"
+    )
     lines = [
         f"# Model card: `{info['model_id']}`",
         "",
-        f"The default emotion model bundled with ser-sdk: a **{info['architecture'].upper()}** classifier of "
-        f"**angry, happy, sad, neutral** on 16 kHz speech, trained from scratch in this repository with the "
-        f"SpeechBrain recipe `recipes/hparams/{training['hparams']}` "
-        f"({training['parameters']:,} parameters, {bench['size']['bytes_on_disk'] / 1e6:.1f} MB on disk).",
+        f"The default emotion model bundled with ser-sdk: {described} of **angry, happy, sad, neutral** "
+        "on 16 kHz speech, trained from scratch in this repository with the SpeechBrain recipes in "
+        f"`recipes/hparams/` ({bench['size']['parameters']:,} parameters, "
+        f"{bench['size']['bytes_on_disk'] / 1e6:.1f} MB on disk).",
         "",
         "## Data",
         "",
@@ -106,8 +121,10 @@ def write_model_card(model_dir: Path, accuracy_folder: Path) -> Path:
         "## Training",
         "",
         "```bash",
-        f"{command} {overrides}".rstrip(),
+        *[command.rstrip() for command in commands],
         "```",
+        "",
+        "Or all of it, choice and model card included: `python recipes/build_default_model.py`.",
         "",
         f"Best epoch by validation UA: {training['epoch']}.",
     ]

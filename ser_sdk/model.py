@@ -9,6 +9,11 @@ A model directory (what ``recipes/export.py`` writes) holds:
 - ``model.json``: :class:`ModelInfo` (id, labels, logit scale, the temperature
   fitted on the validation split, and the measured figures).
 
+An *ensemble* directory holds only ``model.json`` (with ``members``) and one
+such directory per member; its logits are the mean of the members' calibrated
+log-probabilities, divided by a temperature of its own. Each member still
+loads on its own, in ser_sdk and in ``speechbrain.inference``.
+
 Loading reads the checkpoints directly with ``torch.load`` instead of going
 through SpeechBrain's fetching, so nothing is written next to the model (the
 bundled one lives in ``site-packages``) and nothing can reach for the network.
@@ -67,8 +72,16 @@ class ModelInfo(BaseModel):
         1.0, gt=0, description="Multiplies the classifier output (AAM heads give cosines)."
     )
     temperature: float = Field(1.0, gt=0, description="Divides the logits; fitted on the validation split.")
+    members: list[str] = Field(
+        default_factory=list, description="Sub-directories of an ensemble's member models (empty: one model)."
+    )
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
 class EmotionModel:
@@ -81,8 +94,12 @@ class EmotionModel:
         self.labels = tuple(self.info.labels)
         if self.labels != LABELS:
             raise ModelError(f"{self.directory}: model labels {self.labels} differ from {LABELS}")
-        self._load_modules(num_threads)
         self._lock = threading.Lock()
+        self.members = tuple(
+            EmotionModel(self.directory / name, num_threads=num_threads) for name in self.info.members
+        )
+        if not self.members:
+            self._load_modules(num_threads)
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, num_threads: int | None = None) -> EmotionModel:
@@ -93,13 +110,17 @@ class EmotionModel:
     def _read_info(directory: Path) -> ModelInfo:
         if not directory.is_dir():
             raise ModelError(f"model directory not found: {directory}")
-        missing = [name for name in _REQUIRED_FILES if not (directory / name).is_file()]
-        if missing:
-            raise ModelError(f"{directory} is not a ser-sdk model directory: missing {', '.join(missing)}")
+        if not (directory / "model.json").is_file():
+            raise ModelError(f"{directory} is not a ser-sdk model directory: missing model.json")
         try:
-            return ModelInfo.model_validate(json.loads((directory / "model.json").read_text()))
+            info = ModelInfo.model_validate(json.loads((directory / "model.json").read_text()))
         except (json.JSONDecodeError, ValidationError) as error:
             raise ModelError(f"{directory / 'model.json'} is invalid: {error}") from error
+        needed = [f"{member}/" for member in info.members] or list(_REQUIRED_FILES)
+        missing = [name for name in needed if not (directory / name).exists()]
+        if missing:
+            raise ModelError(f"{directory} is not a ser-sdk model directory: missing {', '.join(missing)}")
+        return info
 
     def _load_modules(self, num_threads: int | None) -> None:
         import torch
@@ -132,6 +153,9 @@ class EmotionModel:
         """Calibrated logits ``[len(batch), 4]`` (``logit_scale * output / temperature``)."""
         if len(batch) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
+        if self.members:
+            member_logprobs = [log_softmax(member.logits(batch)) for member in self.members]
+            return np.mean(member_logprobs, axis=0) / self.info.temperature
         torch = self._torch
         lengths = np.array([len(samples) for samples in batch])
         if (lengths == 0).any():
@@ -149,10 +173,7 @@ class EmotionModel:
         return (outputs * scale).numpy()
 
     def probabilities(self, batch: Sequence[np.ndarray]) -> np.ndarray:
-        logits = self.logits(batch)
-        logits = logits - logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return np.exp(log_softmax(self.logits(batch)))
 
     def classify(self, batch: Sequence[np.ndarray]) -> list[EmotionScores]:
         """Scores for each 16 kHz mono float32 utterance; lengths may differ within a batch."""
