@@ -66,7 +66,30 @@ def confusion_markdown(report: Mapping) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(model_dir: Path, accuracy_folder: Path) -> Path:
+def loco_markdown(summary: Path) -> list[str]:
+    """The leave-one-corpus-out table, when ``recipes/loco.py`` has been run."""
+    if not summary.is_file():
+        return []
+    rows = json.loads(summary.read_text())
+    lines = [
+        "### Across corpora",
+        "",
+        "Leave-one-corpus-out (`python recipes/loco.py`): the recipe trained on one corpus alone, then "
+        "scored on every clip of a corpus it never heard. The gap to the within-corpus figures is what a "
+        "new microphone, new sentences and new actors cost.",
+        "",
+        "| recipe | trained on | tested on (all clips) | clips | UA | WA | within-corpus validation UA |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['recipe']} | {corpus_name(row['train_corpus'])} | {corpus_name(row['test_corpus'])} "
+            f"| {row['clips']} | {pct(row['ua'])} | {pct(row['wa'])} | {pct(row['within_corpus_valid_ua'])} |"
+        )
+    return [*lines, ""]
+
+
+def write_model_card(model_dir: Path, accuracy_folder: Path, loco_summary: Path | None = None) -> Path:
     info = json.loads((model_dir / "model.json").read_text())
     bench = json.loads((accuracy_folder / "accuracy.json").read_text())
     targets = bench["targets"]
@@ -200,6 +223,7 @@ def write_model_card(model_dir: Path, accuracy_folder: Path) -> Path:
             lines += [f"![confusion matrix, {corpus_name(scores['corpus'])}]({image})", ""]
     if (model_dir / "ua_vs_snr.png").is_file():
         lines += ["![UA against SNR](ua_vs_snr.png)", ""]
+    lines += loco_markdown(loco_summary or accuracy_folder.parent / "loco" / "summary.json")
     speed = bench["speed"]
     lines += [
         "## Speed",
