@@ -100,9 +100,15 @@ def dataio_prepare(hparams: dict) -> dict[str, DynamicItemDataset]:
     @sb.utils.data_pipeline.takes("path", "duration")
     @sb.utils.data_pipeline.provides("sig")
     def cropped_signal(path, duration):
+        """Exactly ``crop_seconds``: a random window of a longer clip, a shorter one looped.
+
+        Every training batch then holds equal lengths and no zero padding, so
+        batch-norm statistics describe real speech only, as at inference, where
+        an utterance is classified unpadded.
+        """
         frames = int(duration * sample_rate)
         if frames <= crop:
-            return sb.dataio.dataio.read_audio(path)
+            return sb.dataio.dataio.read_audio(path).repeat(crop // max(frames, 1) + 1)[:crop]
         start = random.randint(0, frames - crop)
         return sb.dataio.dataio.read_audio({"file": path, "start": start, "stop": start + crop})
 
