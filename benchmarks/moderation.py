@@ -37,9 +37,10 @@ from pydantic import BaseModel, TypeAdapter
 from ser_sdk_moderation import ModerationConfig, ModerationPlugin
 from tqdm import tqdm
 
-from ser_sdk import EmotionEvent, EmotionScores, Event, SessionState, load_audio
+from ser_sdk import EmotionEvent, EmotionScores, SessionState, load_audio
 from ser_sdk.corpora import corpora_root
 from ser_sdk.model import EmotionModel
+from ser_sdk.testing import RecordingContext
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_ANGRY_FLAGGED = 0.80
@@ -53,20 +54,6 @@ class Clip(BaseModel):
     speaker: str
     corpus: str
     duration: float
-
-
-class RecordingContext:
-    """Stands in for the engine's plugin host: keeps what the plugin publishes."""
-
-    def __init__(self) -> None:
-        self.logger = logging.getLogger("benchmarks.moderation")
-        self.published: list[Event] = []
-
-    async def publish(self, event: Event) -> None:
-        self.published.append(event)
-
-    def session_state(self, session_id: str) -> SessionState | None:
-        return None
 
 
 def load_manifest(path: Path) -> dict[str, Clip]:
@@ -103,18 +90,12 @@ async def flagged_clips(
 ) -> set[str]:
     """Ids of the clips the plugin flags, each clip its own session."""
     plugin = ModerationPlugin(options)
-    context = RecordingContext()
+    context = RecordingContext(logging.getLogger("benchmarks.moderation"))
     await plugin.start(context)
     for key, clip in clips.items():
         score = scores[key]
-        event = EmotionEvent(
-            session_id=key,
-            start=0.0,
-            end=clip.duration,
-            label=score.label,
-            confidence=score.confidence,
-            scores=score,
-            model_id=model_id,
+        event = EmotionEvent.from_scores(
+            score, session_id=key, start=0.0, end=clip.duration, model_id=model_id
         )
         await plugin.on_emotion(event, SessionState(session_id=key, sample_rate=16000))
     await plugin.stop()

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,30 +53,34 @@ CREMAD_CODES = {"neutral": "NEU", "happy": "HAP", "sad": "SAD", "angry": "ANG"}
 RAVDESS_CODES = {"neutral": "01", "happy": "03", "sad": "04", "angry": "05"}
 
 
+def _pick(clips_of: Callable[[str], list[Path]]) -> list[tuple[Path, str]] | None:
+    """One clip per line of ``SCRIPT`` from one speaker's clips by emotion, or ``None`` if one is missing."""
+    turns = []
+    for index, (emotion, reply) in enumerate(SCRIPT):
+        clips = clips_of(emotion)
+        if not clips:
+            return None
+        turns.append((clips[index % len(clips)], reply))
+    return turns
+
+
 def scripted_call() -> list[tuple[Path, str]]:
     """One speaker's clips in the order of ``SCRIPT``, with the assistant's reply after each."""
     root = corpora_root()
     cremad = root / "cremad" / "AudioWAV"
-    if cremad.is_dir():
-        for actor in sorted({path.name.split("_")[0] for path in cremad.glob("*.flac")}):
-            picks = []
-            for index, (emotion, _) in enumerate(SCRIPT):
-                clips = sorted(cremad.glob(f"{actor}_*_{CREMAD_CODES[emotion]}_*.flac"))
-                if not clips:
-                    break
-                picks.append(clips[index % len(clips)])
-            if len(picks) == len(SCRIPT):
-                return [(path, reply) for path, (_, reply) in zip(picks, SCRIPT, strict=True)]
-    ravdess = root / "ravdess"
-    for actor in sorted(ravdess.glob("Actor_*")):
-        picks = []
-        for index, (emotion, _) in enumerate(SCRIPT):
-            clips = sorted(actor.glob(f"03-01-{RAVDESS_CODES[emotion]}-*.flac"))
-            if not clips:
-                break
-            picks.append(clips[index % len(clips)])
-        if len(picks) == len(SCRIPT):
-            return [(path, reply) for path, (_, reply) in zip(picks, SCRIPT, strict=True)]
+    actors = sorted({path.name.split("_")[0] for path in cremad.glob("*.flac")}) if cremad.is_dir() else []
+    for actor in actors:
+        turns = _pick(
+            lambda emotion, actor=actor: sorted(cremad.glob(f"{actor}_*_{CREMAD_CODES[emotion]}_*.flac"))
+        )
+        if turns:
+            return turns
+    for folder in sorted((root / "ravdess").glob("Actor_*")):
+        turns = _pick(
+            lambda emotion, folder=folder: sorted(folder.glob(f"03-01-{RAVDESS_CODES[emotion]}-*.flac"))
+        )
+        if turns:
+            return turns
     raise SystemExit(f"no CREMA-D or RAVDESS clips under {root}; set SER_CORPORA or pass audio files")
 
 

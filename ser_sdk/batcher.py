@@ -100,9 +100,6 @@ class MicroBatcher:
         self._stats.peak_queued = max(self._stats.peak_queued, self._queue.qsize())
         return future
 
-    async def classify(self, samples: np.ndarray) -> EmotionScores:
-        return await (await self.submit(samples))
-
     async def close(self) -> None:
         """Score everything already queued, then stop."""
         if self._closed:

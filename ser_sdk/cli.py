@@ -152,18 +152,6 @@ def _load_sdk_config(config_path: str | None, model: str | None) -> SdkConfig:
     return config
 
 
-def _build_engine(config: SdkConfig, source: str | None) -> EmotionEngine:
-    from .engine import EmotionEngine
-
-    try:
-        return EmotionEngine.from_config(config)
-    except (ConfigError, PluginError) as exc:
-        if source is None:
-            raise
-        message = "\n".join(f"{source}: {line}" for line in str(exc).splitlines())
-        raise type(exc)(message) from exc
-
-
 # --------------------------------------------------------------------------- classify
 
 
@@ -216,6 +204,7 @@ def _score_batch(model: EmotionModel, clips: list[_Clip]) -> None:
         results = model.classify([clip.samples for clip in clips])  # type: ignore[misc]
     except Exception as exc:
         if len(clips) > 1:
+            logger.debug("a batch of %d failed (%s); scoring its files one by one", len(clips), exc)
             for clip in clips:
                 _score_batch(model, [clip])
             return
@@ -406,8 +395,10 @@ async def _analyze_file(
 
 
 async def _analyze(args: argparse.Namespace, paths: list[str]) -> int:
+    from .engine import EmotionEngine
+
     config = _load_sdk_config(args.config, args.model)
-    engine = _build_engine(config, args.config)
+    engine = EmotionEngine.from_config(config, source=args.config)
     formatter = EventFormatter(args.json, args.all_events)
     failed = 0
     try:

@@ -90,6 +90,11 @@ def format_validation_error(error: ValidationError, prefix: Sequence[str] = ()) 
     return "\n".join(lines)
 
 
+def prefix_lines(source: str, message: str) -> str:
+    """``message`` with ``source: `` before each line, so each line of a multi-line error names its file."""
+    return "\n".join(f"{source}: {line}" for line in message.splitlines())
+
+
 def load_config(path: str | os.PathLike[str]) -> SdkConfig:
     """Read and validate a YAML config file.
 
@@ -124,8 +129,7 @@ def load_config(path: str | os.PathLike[str]) -> SdkConfig:
     try:
         config = SdkConfig.model_validate(data)
     except ValidationError as exc:
-        lines = format_validation_error(exc).splitlines()
-        raise ConfigError("\n".join(f"{path}: {line}" for line in lines)) from None
+        raise ConfigError(prefix_lines(str(path), format_validation_error(exc))) from None
 
     if config.model is not None:
         model_dir = Path(config.model).expanduser()

@@ -39,7 +39,7 @@ from pydantic import BaseModel
 
 from .audio import SAMPLE_RATE, AudioStream, load_audio, to_mono_16k
 from .batcher import BatcherStats, MicroBatcher, classify_checked
-from .config import EngineConfig, SdkConfig, load_config
+from .config import EngineConfig, SdkConfig, load_config, prefix_lines
 from .errors import ConfigError, EmptyAudioError, ModelError, PluginError, SerError, SessionClosedError
 from .events import (
     EmotionEvent,
@@ -171,7 +171,6 @@ class Session:
         self._started = False
         self._closed = False
         self._close_task: asyncio.Future[None] | None = None
-        self._model_id = ""  # set when the engine (and so its model) has started
 
     # ----------------------------------------------------------------- public API
 
@@ -197,7 +196,6 @@ class Session:
             if self._closed:
                 raise SessionClosedError(f"session {self.session_id!r} is closed")
             await self.engine.start()
-            self._model_id = self.engine.model_id
             self.engine._register(self)
             try:
                 self._dispatcher = self.engine.host.open_session(
@@ -337,14 +335,12 @@ class Session:
                 exc_info=exc,
             )
             return
-        event = EmotionEvent(
+        event = EmotionEvent.from_scores(
+            scores,
             session_id=self.session_id,
             start=utterance.start,
             end=utterance.end,
-            label=scores.label,
-            confidence=scores.confidence,
-            scores=scores,
-            model_id=self._model_id,
+            model_id=self.engine.model_id or "",
         )
         self._update_state(event)
         self._stats.utterances_classified += 1
@@ -361,7 +357,10 @@ class Session:
         self.state.recent = [*self.state.recent, event][-keep:] if keep else []
 
     async def _close(self) -> None:
-        if not self._started:
+        # A start() in progress finishes first, so what it opened is closed here rather than leaked.
+        async with self._start_lock:
+            started = self._started
+        if not started:
             self._events.close()
             return
         end: SessionEndEvent | None = None
@@ -461,19 +460,22 @@ class EmotionEngine:
         self._closed = False
 
     @classmethod
-    def from_config(cls, config: SdkConfig | str | os.PathLike[str]) -> EmotionEngine:
-        """Build an engine from an ``SdkConfig`` or a YAML file, loading plugins by name."""
-        source: str | None = None
+    def from_config(
+        cls, config: SdkConfig | str | os.PathLike[str], *, source: str | None = None
+    ) -> EmotionEngine:
+        """Build an engine from an ``SdkConfig`` or a YAML file, loading plugins by name.
+
+        Plugin errors name ``source`` (by default the file read, if any) on each line.
+        """
         if not isinstance(config, SdkConfig):
-            source = str(config)
+            source = source or str(config)
             config = load_config(config)
         try:
             plugins = load_plugins(config.plugins, config_dir=config.config_dir)
         except (ConfigError, PluginError) as exc:
             if source is None:
                 raise
-            message = "\n".join(f"{source}: {line}" for line in str(exc).splitlines())
-            raise type(exc)(message) from exc
+            raise type(exc)(prefix_lines(source, str(exc))) from exc
         return cls(config.model, vad=config.vad, config=config.engine, plugins=plugins)
 
     # ----------------------------------------------------------------- properties
@@ -547,11 +549,13 @@ class EmotionEngine:
         for result in results:
             if isinstance(result, Exception):
                 logger.error("a session failed to close cleanly: %s", result, exc_info=result)
-        if self._batcher is not None:
-            await self._batcher.close()
-        if self._running:
-            await self.host.stop()
-            self._running = False
+        # A start() in progress finishes first, so the batcher and plugins it starts are stopped here.
+        async with self._start_lock:
+            if self._batcher is not None:
+                await self._batcher.close()
+            if self._running:
+                await self.host.stop()
+                self._running = False
         self._executor.shutdown(wait=False)
 
     async def __aenter__(self) -> EmotionEngine:

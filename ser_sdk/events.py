@@ -118,6 +118,21 @@ class EmotionEvent(Event):
     scores: EmotionScores
     model_id: str
 
+    @classmethod
+    def from_scores(
+        cls, scores: EmotionScores, *, session_id: str, start: float, end: float, model_id: str
+    ) -> EmotionEvent:
+        """The verdict for ``scores``, its ``label`` and ``confidence`` taken from them."""
+        return cls(
+            session_id=session_id,
+            start=start,
+            end=end,
+            label=scores.label,
+            confidence=scores.confidence,
+            scores=scores,
+            model_id=model_id,
+        )
+
 
 class Utterance(BaseModel):
     """One utterance with its audio: 16 kHz mono float32 samples in [-1, 1].

@@ -38,7 +38,7 @@ from .events import (
     Utterance,
     UtteranceEvent,
 )
-from .plugin import CONFIG_DIR_KEY, Plugin, PluginContext
+from .plugin import CONFIG_DIR_KEY, Plugin
 
 logger = logging.getLogger("ser_sdk.plugins")
 
@@ -234,7 +234,7 @@ class PluginHost:
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def start(self, context_factory: Callable[[Plugin], PluginContext] | None = None) -> None:
+    async def start(self) -> None:
         """Start every plugin in order; the first that fails stops those already started.
 
         Unlike a hook failure, a start failure is a set-up problem (a bad
@@ -242,11 +242,10 @@ class PluginHost:
         """
         if self._started:
             return
-        factory = context_factory or (lambda plugin: HostContext(self, plugin))
         started: list[Plugin] = []
         for plugin in self._plugins:
             try:
-                await asyncio.wait_for(plugin.start(factory(plugin)), self.lifecycle_timeout)
+                await asyncio.wait_for(plugin.start(HostContext(self, plugin)), self.lifecycle_timeout)
             except Exception as exc:
                 for done in reversed(started):
                     await self._stop_one(done)
@@ -295,30 +294,21 @@ class PluginHost:
         self._stats[plugin.name].calls += 1
         try:
             return await asyncio.wait_for(getattr(plugin, hook)(*args), self._timeout_for(plugin))
+        except asyncio.CancelledError as exc:
+            # A hook that awaited something cancelled raises CancelledError of its own; letting it
+            # through would end the lane worker and stall the session. Only a real cancellation
+            # of the caller (engine shutdown) goes on.
+            if _being_cancelled():
+                raise
+            self._record_failure(plugin, hook, exc)
+            return None
         except Exception as exc:
             self._record_failure(plugin, hook, exc)
             return None
 
-    async def _each(self, hook: str, *args: Any, exclude: Plugin | None = None) -> None:
-        await asyncio.gather(*(self._invoke(p, hook, *args) for p in self._plugins if p is not exclude))
-
-    async def session_start(self, event: SessionStartEvent, state: SessionState) -> None:
-        await self._each("on_session_start", event, state)
-
-    async def session_end(self, event: SessionEndEvent, state: SessionState) -> None:
-        await self._each("on_session_end", event, state)
-
-    async def speech_start(self, event: SpeechStartEvent) -> None:
-        await self._each("on_speech_start", event)
-
-    async def utterance(self, utterance: Utterance) -> None:
-        await self._each("on_utterance", utterance)
-
-    async def emotion(self, event: EmotionEvent, state: SessionState) -> None:
-        await self._each("on_emotion", event, state)
-
     async def event(self, event: Event, *, exclude: Plugin | None = None) -> None:
-        await self._each("on_event", event, exclude=exclude)
+        """Deliver ``event`` to every plugin's ``on_event`` (but ``exclude``'s), all at once."""
+        await asyncio.gather(*(self._invoke(p, "on_event", event) for p in self._plugins if p is not exclude))
 
     async def dispatch(
         self, event: Event, state: SessionState | None = None, utterance: Utterance | None = None
@@ -420,6 +410,13 @@ class PluginHost:
             await self.event(event, exclude=source)
         finally:
             _PUBLISH_DEPTH.reset(token)
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task itself has been asked to cancel (always assumed so before Python 3.11)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() > 0
 
 
 def _typed_hook(delivery: _Delivery) -> tuple[Any, ...] | None:

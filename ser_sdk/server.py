@@ -38,7 +38,6 @@ from .errors import (
     AudioError,
     AudioFormatError,
     ConfigError,
-    PluginError,
     SerError,
     SessionClosedError,
 )
@@ -223,7 +222,8 @@ class _StreamConnection:
         """Handle client messages until it ends the session or goes away."""
         async for message in self.ws:
             if message.type == WSMsgType.BINARY:
-                await self._audio(message.data)
+                if not await self._audio(message.data):
+                    return
             elif message.type == WSMsgType.TEXT:
                 if await self._control(message.data):
                     return
@@ -231,11 +231,15 @@ class _StreamConnection:
                 logger.info("session %s: WebSocket error: %s", self.session.session_id, self.ws.exception())
                 return
 
-    async def _audio(self, data: bytes) -> None:
+    async def _audio(self, data: bytes) -> bool:
+        """Feed one frame; False once the session is closed (the engine was closed under it)."""
         try:
             await self.session.feed(data)
+        except SessionClosedError:
+            return False
         except AudioError as exc:
             await self.error(type(exc).__name__, str(exc))
+        return True
 
     async def _control(self, text: str) -> bool:
         """Handle one control message; True when the client asked to end."""
@@ -382,12 +386,7 @@ def run(
     from .engine import EmotionEngine
 
     config = config if config is not None else SdkConfig()
-    try:
-        engine = EmotionEngine.from_config(config)
-    except (ConfigError, PluginError) as exc:
-        if source is None:
-            raise
-        raise type(exc)("\n".join(f"{source}: {line}" for line in str(exc).splitlines())) from exc
+    engine = EmotionEngine.from_config(config, source=source)
     app = create_app(engine, max_upload_bytes=max_upload_bytes, max_frame_bytes=max_frame_bytes)
     access_log = logging.getLogger("ser_sdk.server.access")
     web.run_app(

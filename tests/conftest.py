@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from ser_sdk.corpora import corpora_root
+from ser_sdk.model import default_model_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -128,3 +129,12 @@ def debug_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="session")
 def debug_model_dir(debug_run: DebugRun) -> Path:
     return debug_run.model_dir
+
+
+@pytest.fixture(scope="session")
+def model_dir(request: pytest.FixtureRequest) -> Path:
+    """The bundled model when it is there, else the small model trained for the test session."""
+    bundled = default_model_dir()
+    if (bundled / "model.json").is_file():
+        return bundled
+    return request.getfixturevalue("debug_model_dir")

@@ -18,53 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import PHRASES, SR, phrases_signal, silence, speech_like
 
 from ser_sdk import cli
 from ser_sdk.cli import main, plan_batches
 from ser_sdk.events import LABELS
-from ser_sdk.model import default_model_dir
 
-SR = 16000
 REPO = Path(__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture(scope="session")
-def model_dir(request: pytest.FixtureRequest) -> Path:
-    """The bundled model when it is there, else the small model trained for the test session."""
-    bundled = default_model_dir()
-    if (bundled / "model.json").is_file():
-        return bundled
-    return request.getfixturevalue("debug_model_dir")
-
-
-def silence(seconds: float) -> np.ndarray:
-    return np.zeros(round(seconds * SR), dtype=np.float32)
-
-
-def speech_like(seconds: float, seed: int = 0, f0: float = 140.0) -> np.ndarray:
-    """Harmonic voice stand-in plus breath noise at a 4 Hz syllable rate (webrtcvad fires on it)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(round(seconds * SR)) / SR
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.1 * np.sin(2 * np.pi * 1.3 * t))) / SR
-    voice = sum(np.sin(k * phase) / k for k in range(1, 20))
-    syllables = 0.75 - 0.25 * np.cos(2 * np.pi * 4.0 * t)
-    return (0.12 * voice * syllables + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
-
-
-# Three phrases, and where they are (seconds).
-PHRASES = [(0.6, 2.1), (3.1, 5.1), (6.0, 7.2)]
-
-
-def phrases_signal() -> np.ndarray:
-    parts, cursor = [], 0.0
-    for number, (start, end) in enumerate(PHRASES):
-        parts += [silence(start - cursor), speech_like(end - start, seed=number, f0=140 + 50 * number)]
-        cursor = end
-    parts.append(silence(0.8))
-    return np.concatenate(parts)
 
 
 def write(path: Path, samples: np.ndarray, rate: int = SR, **kwargs: object) -> Path:

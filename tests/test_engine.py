@@ -280,6 +280,55 @@ async def test_engine_close_ends_open_sessions_gracefully():
         engine.session()
 
 
+class SlowStart(Plugin):
+    """Holds ``start`` (and so the engine's start) until released."""
+
+    name = "slow-start"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.stopped = False
+
+    async def start(self, context):
+        await super().start(context)
+        self.entered.set()
+        await self.release.wait()
+
+    async def stop(self):
+        self.stopped = True
+
+
+async def close_while_starting(slow: SlowStart, start, close) -> None:
+    """Call ``close()`` while ``start()`` is held inside the slow plugin, then let both finish."""
+    starting = asyncio.create_task(start())
+    await slow.entered.wait()
+    closing = asyncio.create_task(close())
+    await asyncio.sleep(0)
+    slow.release.set()
+    await asyncio.gather(starting, closing)
+
+
+async def test_closing_a_session_while_it_starts_still_ends_it():
+    slow = SlowStart()
+    engine = EmotionEngine(LevelClassifier(), plugins=[slow])
+    session = engine.session()
+    await close_while_starting(slow, session.start, session.close)
+    events = await collect(session)
+    assert [e.type for e in events] == ["session.start", "session.end"]
+    assert engine.sessions == ()
+    await engine.close()
+
+
+async def test_closing_the_engine_while_it_starts_stops_what_started():
+    slow = SlowStart()
+    engine = EmotionEngine(LevelClassifier(), plugins=[slow])
+    await close_while_starting(slow, engine.start, engine.close)
+    assert slow.stopped
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "ser-sdk-batcher" and not t.done()] == []
+
+
 async def test_bad_chunks_raise_typed_errors_and_lose_nothing():
     signal = speech(["angry", "sad"])
     data = pcm16(signal)

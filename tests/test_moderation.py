@@ -1,44 +1,24 @@
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import ScriptedClassifier, angry_scores, voiced_bursts
 from pydantic import ValidationError
 from ser_sdk_moderation import ModerationConfig, ModerationFlagEvent, ModerationPlugin
 
 from ser_sdk import load_audio
 from ser_sdk.events import EmotionEvent, EmotionScores, Event, SessionEndEvent, SessionState, Utterance
 from ser_sdk.plugin import Plugin
-
-
-class RecordingContext:
-    """The host's side of a plugin, reduced to a list of published events."""
-
-    def __init__(self) -> None:
-        self.logger = logging.getLogger("test.moderation")
-        self.published: list[Event] = []
-
-    async def publish(self, event: Event) -> None:
-        self.published.append(event)
-
-    def session_state(self, session_id: str) -> SessionState | None:
-        return None
+from ser_sdk.testing import RecordingContext
 
 
 def emotion(session_id: str, start: float, angry: float, *, length: float = 2.0) -> EmotionEvent:
     """An utterance whose non-angry probability mass is neutral."""
-    scores = EmotionScores.from_probs([angry, 0.0, 0.0, 1.0 - angry])
-    return EmotionEvent(
-        session_id=session_id,
-        start=start,
-        end=start + length,
-        label=scores.label,
-        confidence=scores.confidence,
-        scores=scores,
-        model_id="scripted",
+    return EmotionEvent.from_scores(
+        angry_scores(angry), session_id=session_id, start=start, end=start + length, model_id="scripted"
     )
 
 
@@ -121,15 +101,7 @@ async def test_threshold_and_minimum_confidence() -> None:
     # Angry above a low threshold, but the model is unsure of everything: nothing is flagged.
     plugin, context = await started({"threshold": 0.3, "min_confidence": 0.5})
     unsure = EmotionScores.from_probs([0.35, 0.2, 0.15, 0.3])
-    event = EmotionEvent(
-        session_id="s",
-        start=0.0,
-        end=1.0,
-        label=unsure.label,
-        confidence=unsure.confidence,
-        scores=unsure,
-        model_id="scripted",
-    )
+    event = EmotionEvent.from_scores(unsure, session_id="s", start=0.0, end=1.0, model_id="scripted")
     await plugin.on_emotion(event, st)
     assert context.published == []
 
@@ -185,6 +157,15 @@ async def test_no_audio_is_kept_unless_an_audio_dir_is_configured(tmp_path: Path
     np.testing.assert_allclose(audio, samples, atol=1e-4)
 
 
+def test_a_relative_audio_dir_is_resolved_against_the_config_file_folder(tmp_path: Path) -> None:
+    from ser_sdk.plugins import load_plugins
+
+    options = {"moderation": {"audio_dir": "evidence"}}
+    (plugin,) = load_plugins(options, available={"moderation": ModerationPlugin}, config_dir=tmp_path)
+    assert plugin.config.audio_dir == tmp_path / "evidence"
+    assert ModerationPlugin(options["moderation"]).config.audio_dir == Path("evidence")  # no file: as given
+
+
 def test_config_errors_name_the_field() -> None:
     with pytest.raises(ValidationError, match="treshold"):
         ModerationPlugin({"treshold": 0.6})
@@ -228,14 +209,8 @@ async def test_real_angry_clips_are_flagged_and_neutral_ones_are_not(
         for index, (path, score) in enumerate(zip(paths, scores, strict=True)):
             plugin, context = await started()  # defaults; one independent session per clip
             session_id = f"{label}-{index}"
-            event = EmotionEvent(
-                session_id=session_id,
-                start=0.0,
-                end=len(audio[index]) / 16000,
-                label=score.label,
-                confidence=score.confidence,
-                scores=score,
-                model_id="bundled",
+            event = EmotionEvent.from_scores(
+                score, session_id=session_id, start=0.0, end=len(audio[index]) / 16000, model_id="bundled"
             )
             await plugin.on_emotion(event, state(session_id))
             flagged += bool(context.published)
@@ -246,32 +221,6 @@ async def test_real_angry_clips_are_flagged_and_neutral_ones_are_not(
 
 
 # ----------------------------------------------------------------------------- through the engine
-
-
-class ScriptedClassifier:
-    """A model stand-in (the engine's edge) that gives the n-th utterance the n-th angry probability."""
-
-    model_id = "scripted"
-    labels = ("angry", "happy", "sad", "neutral")
-
-    def __init__(self, angry: list[float]) -> None:
-        self._angry = list(angry)
-
-    def classify(self, batch: list[np.ndarray]) -> list[EmotionScores]:
-        scores = []
-        for _ in batch:
-            angry = self._angry.pop(0)
-            scores.append(EmotionScores.from_probs([angry, 0.0, 0.0, 1.0 - angry]))
-        return scores
-
-
-def voiced_bursts(count: int, seconds: float = 1.2, gap: float = 1.0) -> np.ndarray:
-    """``count`` harmonic bursts (the VAD hears them as speech) separated by silence, at 16 kHz."""
-    t = np.arange(int(seconds * 16000)) / 16000
-    burst = sum(np.sin(2 * np.pi * 160.0 * k * t) / k for k in range(1, 8))
-    burst = 0.15 * np.minimum(1.0, np.minimum(t, seconds - t) / 0.05) * burst
-    silence = np.zeros(int(gap * 16000))
-    return np.concatenate([silence, *([burst, silence] * count)]).astype(np.float32)
 
 
 class Recorder(Plugin):
@@ -291,7 +240,7 @@ async def test_flags_reach_the_session_events_and_other_plugins() -> None:
     from ser_sdk import EmotionEngine
 
     # One neutral utterance, then four angry ones.
-    classifier = ScriptedClassifier([0.05, 0.9, 0.9, 0.9, 0.9])
+    classifier = ScriptedClassifier.angry([0.05, 0.9, 0.9, 0.9, 0.9])
     recorder = Recorder()
     async with EmotionEngine(classifier, plugins=[ModerationPlugin(), recorder]) as engine:
         session = engine.session(session_id="call-42")

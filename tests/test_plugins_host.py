@@ -22,6 +22,7 @@ from ser_sdk.events import (
 )
 from ser_sdk.plugin import Plugin, PluginConfig
 from ser_sdk.plugins import PluginHost, discover_plugins, load_plugins
+from ser_sdk.testing import RecordingContext
 
 # --------------------------------------------------------------------------- helpers
 
@@ -217,7 +218,6 @@ async def test_typed_hook_then_on_event_per_event_type():
     await host.dispatch(SessionStartEvent(session_id="s1", sample_rate=16000), state())
     await host.dispatch(SpeechStartEvent(session_id="s1", start=0.5))
     await host.dispatch(Flag(session_id="s1"))
-    await host.speech_start(SpeechStartEvent(session_id="s1", start=1.0))
     await host.event(Flag(session_id="s1"), exclude=recorder)
     assert recorder.calls == [
         ("on_session_start", "session.start"),
@@ -225,7 +225,6 @@ async def test_typed_hook_then_on_event_per_event_type():
         ("on_speech_start", "speech.start"),
         ("on_event", "speech.start"),
         ("on_event", "test.flag"),
-        ("on_speech_start", "speech.start"),
     ]
 
 
@@ -464,3 +463,46 @@ async def test_context_gives_a_named_logger_and_session_state():
     await dispatcher.close()
     assert recorder.context.session_state("s9") is None
     await host.stop()
+
+
+async def test_a_hook_raising_cancelled_error_is_isolated_and_its_lane_goes_on():
+    """A hook that awaited something cancelled must not end its lane (the session would stall)."""
+
+    class Cancelled(Plugin):
+        name = "cancelled"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = 0
+
+        async def on_event(self, event):
+            self.seen += 1
+            raise asyncio.CancelledError
+
+    cancelled, recorder = Cancelled(), Recorder()
+    host = PluginHost([cancelled, recorder], lane_size=1)
+    await host.start()
+    dispatcher = host.open_session("s1", sink=lambda event: None, state=state)
+
+    async def feed_and_close() -> None:
+        for _ in range(3):  # more than the lane holds: a dead lane would block here
+            await dispatcher.dispatch(SpeechStartEvent(session_id="s1", start=0.0))
+        await dispatcher.close()
+
+    await asyncio.wait_for(feed_and_close(), 10.0)  # a stalled lane fails instead of hanging
+    await host.stop()
+    assert cancelled.seen == 3
+    assert recorder.calls == [("on_speech_start", "speech.start"), ("on_event", "speech.start")] * 3
+    stats = host.stats().plugins["cancelled"]
+    assert stats.failures == 3 and stats.last_error == "on_event: CancelledError: "
+
+
+async def test_recording_context_drives_a_plugin_without_an_engine():
+    publisher = Publisher()
+    context = RecordingContext()
+    await publisher.start(context)
+    await publisher.on_emotion(emotion("s1"), state("s1"))
+    assert [(e.type, e.session_id) for e in context.published] == [("test.flag", "s1")]
+    assert context.session_state("s1") is None
+    context.states["s1"] = live = state("s1")
+    assert context.session_state("s1") is live

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import ScriptedClassifier, voiced_bursts
 from pydantic import ValidationError
 from ser_sdk_reply import DEFAULT_TEMPLATES, ReplyPlugin
 
@@ -15,15 +16,8 @@ def scores_for(label: str, p: float) -> EmotionScores:
 
 
 def emotion(label: str, p: float, start: float = 0.0) -> EmotionEvent:
-    scores = scores_for(label, p)
-    return EmotionEvent(
-        session_id="s",
-        start=start,
-        end=start + 2.0,
-        label=scores.label,
-        confidence=scores.confidence,
-        scores=scores,
-        model_id="scripted",
+    return EmotionEvent.from_scores(
+        scores_for(label, p), session_id="s", start=start, end=start + 2.0, model_id="scripted"
     )
 
 
@@ -174,27 +168,6 @@ def test_config_errors_name_the_field() -> None:
 # ----------------------------------------------------------------------------- through the engine
 
 
-class ScriptedClassifier:
-    """A model stand-in (the engine's edge) that gives the n-th utterance the n-th scores."""
-
-    model_id = "scripted"
-    labels = LABELS
-
-    def __init__(self, scores: list[EmotionScores]) -> None:
-        self._scores = list(scores)
-
-    def classify(self, batch: list[np.ndarray]) -> list[EmotionScores]:
-        return [self._scores.pop(0) for _ in batch]
-
-
-def voiced_burst(seconds: float = 1.2, gap: float = 1.0) -> np.ndarray:
-    """One harmonic burst (the VAD hears it as speech) followed by silence, at 16 kHz."""
-    t = np.arange(int(seconds * 16000)) / 16000
-    burst = sum(np.sin(2 * np.pi * 160.0 * k * t) / k for k in range(1, 8))
-    burst = 0.15 * np.minimum(1.0, np.minimum(t, seconds - t) / 0.05) * burst
-    return np.concatenate([burst, np.zeros(int(gap * 16000))]).astype(np.float32)
-
-
 async def test_turn_loop_through_the_engine() -> None:
     from ser_sdk import EmotionEngine
 
@@ -204,14 +177,14 @@ async def test_turn_loop_through_the_engine() -> None:
         first = await session.adapt_reply("Hello, how can I help?")
         assert first.tone_instructions == [] and first.prosody is None and first.applied_by == []
 
-        await session.feed(voiced_burst())
+        await session.feed(voiced_bursts(1))
         one_angry = await session.adapt_reply("Let me look into it.")
         # One utterance moves the smoothed mood only part of the way: still below the bound.
         assert session.state.utterances == 1
         assert one_angry.applied_by == [] and one_angry.escalate is False
 
         for _ in range(2):
-            await session.feed(voiced_burst())
+            await session.feed(voiced_bursts(1))
         advice = await session.adapt_reply("I understand. Let me fix this.")
 
     assert session.state.utterances == 3

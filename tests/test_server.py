@@ -14,57 +14,24 @@ import pytest
 import soundfile as sf
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
+from helpers import PHRASES, SR, phrases_signal, silence, speech_like
 
 from ser_sdk.audio import float_to_pcm16, load_audio
 from ser_sdk.engine import EmotionEngine
 from ser_sdk.events import LABELS, EmotionEvent, ReplyAdvice, SessionEndEvent, SessionState
-from ser_sdk.model import EmotionModel, default_model_dir
+from ser_sdk.model import EmotionModel
 from ser_sdk.plugin import Plugin
-from ser_sdk.server import create_app
+from ser_sdk.server import _StreamConnection, create_app
 
-SR = 16000
 FRAME_MS = 20
-PHRASES = [(0.6, 2.1), (3.1, 5.1), (6.0, 7.2)]
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
 
 
 @pytest.fixture(scope="session")
-def model_dir(request: pytest.FixtureRequest) -> Path:
-    """The bundled model when it is there, else the small model trained for the test session."""
-    bundled = default_model_dir()
-    if (bundled / "model.json").is_file():
-        return bundled
-    return request.getfixturevalue("debug_model_dir")
-
-
-@pytest.fixture(scope="session")
 def model(model_dir: Path) -> EmotionModel:
     return EmotionModel.load(model_dir)
-
-
-def silence(seconds: float) -> np.ndarray:
-    return np.zeros(round(seconds * SR), dtype=np.float32)
-
-
-def speech_like(seconds: float, seed: int = 0, f0: float = 140.0) -> np.ndarray:
-    """Harmonic voice stand-in plus breath noise at a 4 Hz syllable rate (webrtcvad fires on it)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(round(seconds * SR)) / SR
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.1 * np.sin(2 * np.pi * 1.3 * t))) / SR
-    voice = sum(np.sin(k * phase) / k for k in range(1, 20))
-    syllables = 0.75 - 0.25 * np.cos(2 * np.pi * 4.0 * t)
-    return (0.12 * voice * syllables + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
-
-
-def phrases_signal() -> np.ndarray:
-    parts, cursor = [], 0.0
-    for number, (start, end) in enumerate(PHRASES):
-        parts += [silence(start - cursor), speech_like(end - start, seed=number, f0=140 + 50 * number)]
-        cursor = end
-    parts.append(silence(0.8))
-    return np.concatenate(parts)
 
 
 def encode(samples: np.ndarray, rate: int = SR, fmt: str = "WAV") -> bytes:
@@ -373,6 +340,17 @@ async def test_oversized_frame_closes_with_1009_and_the_session_ends(serve: Serv
         assert ws.close_code == 1009
     await asyncio.wait_for(recorder.ended.wait(), 10)
     await until(lambda: engine.sessions == ())
+
+
+async def test_audio_for_a_session_the_engine_closed_ends_the_receive_loop(model: EmotionModel) -> None:
+    """Audio arriving after the engine closed the session (shutdown) ends the loop instead of raising."""
+    engine = EmotionEngine(model)
+    session = engine.session()
+    await session.start()
+    await engine.close()
+    assert session.closed
+    connection = _StreamConnection(None, session)  # type: ignore[arg-type]  # the socket is not used
+    assert await connection._audio(b"\x00" * 640) is False
 
 
 async def test_client_going_away_still_classifies_the_last_utterance(serve: Serve) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import silence, speech_like
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -26,21 +27,6 @@ from ser_sdk.vad import (
 )
 
 FRAME = 480  # 30 ms
-
-
-def silence(seconds: float) -> np.ndarray:
-    return np.zeros(round(seconds * SAMPLE_RATE), dtype=np.float32)
-
-
-def speech_like(seconds: float, seed: int = 0, f0: float = 140.0) -> np.ndarray:
-    """Voiced-speech stand-in: a harmonic-rich glottal tone with vibrato plus breath noise,
-    amplitude-modulated at a syllable rate of 4 Hz."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.1 * np.sin(2 * np.pi * 1.3 * t))) / SAMPLE_RATE
-    voice = sum(np.sin(k * phase) / k for k in range(1, 20))
-    syllables = 0.75 - 0.25 * np.cos(2 * np.pi * 4.0 * t)
-    return (0.12 * voice * syllables + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
 
 
 def run(samples: np.ndarray, sizes: list[int] | None = None, config: VadConfig | None = None) -> list:

@@ -3,7 +3,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -13,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import unused_port
+from helpers import ScriptedClassifier, voiced_bursts
 from pydantic import ValidationError
 from ser_sdk_webhooks import (
     Outbox,
@@ -30,7 +29,8 @@ from ser_sdk_webhooks import (
 from ser_sdk_webhooks.cli import register
 from ser_sdk_webhooks.dispatcher import backoff_delay
 
-from ser_sdk.events import EmotionEvent, EmotionScores, Event, SessionState
+from ser_sdk.events import EmotionEvent, EmotionScores, Event
+from ser_sdk.testing import RecordingContext
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cret-for-tests"
@@ -136,18 +136,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     yield server
     await server.stop()
     assert server.bad_signatures == 0, "every request must carry a valid signature"
-
-
-class RecordingContext:
-    def __init__(self) -> None:
-        self.logger = logging.getLogger("test.webhooks")
-        self.published: list[Event] = []
-
-    async def publish(self, event: Event) -> None:
-        self.published.append(event)
-
-    def session_state(self, session_id: str) -> SessionState | None:
-        return None
 
 
 def config(outbox: Path, url: str, **overrides: Any) -> dict[str, Any]:
@@ -550,6 +538,18 @@ async def test_status_and_flush_commands(tmp_path: Path) -> None:
     assert all(item["pending"] == 0 and item["dead"] == 0 for item in report["endpoints"])
 
 
+def test_commands_report_an_outbox_that_is_not_a_database(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox.sqlite"
+    outbox.write_bytes(b"not a database, just bytes" * 100)
+    config_file = tmp_path / "ser.yaml"
+    config_file.write_text(yaml.safe_dump({"plugins": {"webhooks": config(outbox, "http://127.0.0.1:9/")}}))
+    for command in ("status", "requeue"):
+        result = _cli(command, "--config", str(config_file), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"cannot open the webhook outbox {outbox}" in result.stderr
+
+
 def test_commands_report_a_bad_config(tmp_path: Path) -> None:
     config_file = tmp_path / "ser.yaml"
     config_file.write_text(yaml.safe_dump({"plugins": {"webhooks": {"endpoints": [{"url": "x"}]}}}))
@@ -559,32 +559,6 @@ def test_commands_report_a_bad_config(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- through the engine
-
-
-class ScriptedClassifier:
-    """A model stand-in (the engine's edge) that gives the n-th utterance the n-th angry probability."""
-
-    model_id = "scripted"
-    labels = ("angry", "happy", "sad", "neutral")
-
-    def __init__(self, angry: list[float]) -> None:
-        self._angry = list(angry)
-
-    def classify(self, batch: list[np.ndarray]) -> list[EmotionScores]:
-        scores = []
-        for _ in batch:
-            angry = self._angry.pop(0)
-            scores.append(EmotionScores.from_probs([angry, 0.0, 0.0, 1.0 - angry]))
-        return scores
-
-
-def voiced_bursts(count: int, seconds: float = 1.2, gap: float = 1.0) -> np.ndarray:
-    """``count`` harmonic bursts (the VAD hears them as speech) separated by silence, at 16 kHz."""
-    t = np.arange(int(seconds * 16000)) / 16000
-    burst = sum(np.sin(2 * np.pi * 160.0 * k * t) / k for k in range(1, 8))
-    burst = 0.15 * np.minimum(1.0, np.minimum(t, seconds - t) / 0.05) * burst
-    silence = np.zeros(int(gap * 16000))
-    return np.concatenate([silence, *([burst, silence] * count)]).astype(np.float32)
 
 
 async def test_moderation_flags_from_the_engine_arrive_at_the_webhook(
@@ -606,7 +580,7 @@ async def test_moderation_flags_from_the_engine_arrive_at_the_webhook(
     plugins = load_plugins(
         sdk.plugins, available={"moderation": ModerationPlugin, "webhooks": WebhooksPlugin}
     )
-    engine = EmotionEngine(ScriptedClassifier([0.2, 0.9, 0.95]), config=sdk.engine, plugins=plugins)
+    engine = EmotionEngine(ScriptedClassifier.angry([0.2, 0.9, 0.95]), config=sdk.engine, plugins=plugins)
     async with engine:
         audio = voiced_bursts(3)
         async with engine.session(session_id="call-7") as session:

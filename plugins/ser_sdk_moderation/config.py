@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from ser_sdk.plugin import PluginConfig
+from ser_sdk.plugin import PluginConfig, resolve_config_path
 
 
 class EscalationLevels(BaseModel):
@@ -64,6 +64,12 @@ class ModerationConfig(PluginConfig):
     audio_dir: Path | None = Field(
         None,
         description=(
-            "Where to write the evidence utterances as WAV files. Unset (the default), no audio is kept."
+            "Where to write the evidence utterances as WAV files (a relative path: from the config "
+            "file's folder). Unset (the default), no audio is kept."
         ),
     )
+
+    @field_validator("audio_dir")
+    @classmethod
+    def _audio_dir_beside_config(cls, audio_dir: Path | None, info: ValidationInfo) -> Path | None:
+        return resolve_config_path(audio_dir, info) if audio_dir is not None else None

@@ -54,7 +54,7 @@ def _add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_webhooks_config(path: Path) -> WebhooksConfig:
     """The ``plugins.webhooks`` section of a config file, validated."""
-    from ser_sdk.config import load_config
+    from ser_sdk.config import format_validation_error, load_config, prefix_lines
 
     sdk = load_config(path)
     if "webhooks" not in sdk.plugins:
@@ -64,11 +64,8 @@ def load_webhooks_config(path: Path) -> WebhooksConfig:
             sdk.plugins["webhooks"] or {}, context={CONFIG_DIR_KEY: sdk.config_dir}
         )
     except ValidationError as exc:
-        lines = [
-            f"{path}: plugins.webhooks.{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
-            for item in exc.errors()
-        ]
-        raise ConfigError("\n".join(lines)) from None
+        message = format_validation_error(exc, prefix=("plugins", "webhooks"))
+        raise ConfigError(prefix_lines(str(path), message)) from None
 
 
 def _fail(exc: Exception) -> int:
@@ -90,7 +87,10 @@ def status_command(args: argparse.Namespace) -> int:
             "dead": [],
         }
     else:
-        outbox = Outbox(config.outbox)
+        try:
+            outbox = Outbox(config.outbox)
+        except SerError as exc:
+            return _fail(exc)
         try:
             stats = {item.endpoint: item for item in outbox.stats()}
             report = {
@@ -195,7 +195,10 @@ def requeue_command(args: argparse.Namespace) -> int:
     if not config.outbox.exists():
         print(f"outbox {config.outbox} does not exist: nothing to requeue")
         return 0
-    outbox = Outbox(config.outbox)
+    try:
+        outbox = Outbox(config.outbox)
+    except SerError as exc:
+        return _fail(exc)
     try:
         count = outbox.requeue_dead(args.endpoint)
     finally:

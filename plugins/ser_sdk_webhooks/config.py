@@ -99,16 +99,16 @@ class WebhooksConfig(PluginConfig):
         default_factory=RetryConfig, description="Backoff between attempts and when to dead-letter."
     )
 
-    @field_validator("outbox")
-    @classmethod
-    def _outbox_beside_config(cls, outbox: Path, info: ValidationInfo) -> Path:
-        return resolve_config_path(outbox, info)
-
     drain_timeout_s: float = Field(
         10.0,
         ge=0.0,
         description="On stop, how long to keep delivering before leaving the rest in the outbox.",
     )
+
+    @field_validator("outbox")
+    @classmethod
+    def _outbox_beside_config(cls, outbox: Path, info: ValidationInfo) -> Path:
+        return resolve_config_path(outbox, info)
 
     @model_validator(mode="after")
     def _unique_keys(self) -> WebhooksConfig:

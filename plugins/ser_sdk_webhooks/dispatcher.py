@@ -150,9 +150,10 @@ class EndpointWorker:
         try:
             error, retry_after = await self._attempt(delivery)
         except asyncio.CancelledError:
-            # Interrupted (the plugin is stopping): not a failed attempt, so give the row back now.
+            # Interrupted (the plugin is stopping): not a failed attempt, so give the row back now
+            # (off the loop: another process may hold the database for a while).
             with contextlib.suppress(sqlite3.Error):
-                self._outbox.release([delivery.id])
+                await asyncio.to_thread(self._outbox.release, [delivery.id])
             raise
         attempts = delivery.attempts + 1
         try:

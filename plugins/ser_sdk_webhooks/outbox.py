@@ -77,14 +77,18 @@ class Outbox:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        db: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
+            if db is not None:
+                db.close()
             raise PluginError(f"cannot open the webhook outbox {self.path}: {exc}") from exc
+        self._db = db
         self._lock = threading.Lock()
 
     def close(self) -> None:

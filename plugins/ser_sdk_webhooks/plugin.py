@@ -122,7 +122,7 @@ class WebhooksPlugin(Plugin):
             await dispatcher.start()
         except BaseException:
             await dispatcher.close()
-            outbox.close()
+            await asyncio.to_thread(outbox.close)
             raise
         if waiting:
             self.logger.info("webhooks: %d deliveries pending in %s; sending them now", waiting, outbox.path)
@@ -134,4 +134,4 @@ class WebhooksPlugin(Plugin):
         if dispatcher is not None:
             await dispatcher.close()
         if outbox is not None:
-            outbox.close()
+            await asyncio.to_thread(outbox.close)
