@@ -128,6 +128,8 @@ def dataio_prepare(hparams: dict) -> dict[str, DynamicItemDataset]:
             ids = sorted(data)
             step = max(1, len(ids) // hparams["limit_files"])
             data = {key: data[key] for key in ids[::step][: hparams["limit_files"]]}
+        for entry in data.values():
+            entry["balance_key"] = "/".join(str(entry[field]) for field in hparams["balance_by"])
         signal = cropped_signal if split == "train" else full_signal
         datasets[split] = DynamicItemDataset(
             data, dynamic_items=[signal, label_pipeline], output_keys=["id", "sig", "label_encoded", "label"]
@@ -158,7 +160,9 @@ def main(argv: list[str]) -> None:
     )
     datasets = dataio_prepare(hparams)
     train_opts = dict(hparams["train_dataloader_opts"])
-    train_opts["sampler"] = BalancingDataSampler(datasets["train"], key="label", seed=hparams["seed"])
+    # Equal draws per balance_by group (label, or corpus and label) so neither a frequent
+    # class nor the largest corpus sets the decision boundaries alone.
+    train_opts["sampler"] = BalancingDataSampler(datasets["train"], key="balance_key", seed=hparams["seed"])
     train_opts.pop("shuffle", None)
     if len(datasets["train"]) < train_opts["batch_size"]:
         train_opts["drop_last"] = False

@@ -516,6 +516,7 @@ def info_command(args: argparse.Namespace) -> int:
     report = {
         "model_id": model.model_id,
         "architecture": model.info.architecture,
+        "members": [f"{m.model_id} ({m.info.architecture})" for m in model.members],
         "labels": list(model.labels),
         "sample_rate": model.info.sample_rate,
         "logit_scale": model.info.logit_scale,
@@ -532,6 +533,7 @@ def info_command(args: argparse.Namespace) -> int:
     rows = [
         ("model", report["model_id"]),
         ("architecture", report["architecture"]),
+        *[("member", member) for member in report["members"]],
         ("labels", ", ".join(report["labels"])),
         ("sample rate", f"{report['sample_rate']} Hz"),
         ("temperature", f"{report['temperature']:g} (logit scale {report['logit_scale']:g})"),
