@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import sys
+from datetime import datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,7 +77,7 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -102,11 +103,19 @@ def write_inference_hparams(hparams: dict, architecture: str, destination: Path)
 
 
 def training_wall_minutes(output_folder: Path) -> float | None:
-    """From the run's start (``hyperparams.yaml`` is copied then) to its last log line."""
-    start, end = output_folder / "hyperparams.yaml", output_folder / "train_log.txt"
-    if not (start.is_file() and end.is_file()):
+    """From the experiment's first start to its last finished epoch, read from SpeechBrain's ``log.txt``.
+
+    A resumed run counts the pause too; the log is the only record that survives resumes.
+    """
+    log = output_folder / "log.txt"
+    if not log.is_file():
         return None
-    return round((end.stat().st_mtime - start.stat().st_mtime) / 60, 1)
+    stamps = [
+        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+        for line in log.read_text().splitlines()
+        if "Beginning experiment!" in line or "train_logger - INFO - epoch:" in line
+    ]
+    return round((stamps[-1] - stamps[0]).total_seconds() / 60, 1) if len(stamps) > 1 else None
 
 
 def export(hparams_file: str, overrides: dict, export_dir: Path, model_id: str | None = None) -> ModelInfo:
