@@ -104,7 +104,9 @@ def write_model_card(model_dir: Path, accuracy_folder: Path, loco_summary: Path 
     runs = training.get("members") or {info["architecture"]: training}
     commands = []
     for run in runs.values():
-        overrides = " ".join(f"--{k} {v}" for k, v in (run.get("overrides") or {}).items())
+        overrides = " ".join(
+            f"--{k} {v}" for k, v in (run.get("overrides") or {}).items() if k != "data_folder"
+        )
         recipe = f"recipes/hparams/{run['hparams']}"
         commands.append(f"python recipes/train.py {recipe} --data_folder ../shared/corpora {overrides}")
     if info.get("members"):

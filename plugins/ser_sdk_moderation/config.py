@@ -30,8 +30,10 @@ class EscalationLevels(BaseModel):
 class ModerationConfig(PluginConfig):
     """Options of the ``moderation`` plugin (YAML: ``plugins: {moderation: {...}}``)."""
 
+    # 0.65 was chosen on the validation speakers: the lowest threshold that still flags
+    # over 80 % of angry utterances while wrongly flagging the fewest others.
     threshold: float = Field(
-        0.5,
+        0.65,
         gt=0.0,
         le=1.0,
         description="An utterance counts as angry when its angry probability is at least this.",
