@@ -23,8 +23,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from export import fit_temperature, softmax
-from metrics import classification_report, expected_calibration_error
+from export import fit_temperature, validation_metrics
 from train import LABELS
 
 from ser_sdk.audio import load_audio
@@ -48,7 +47,6 @@ def build_ensemble(member_dirs: Sequence[Path], manifest: Path, export_dir: Path
     entries = json.loads(manifest.read_text())
     logprobs, targets = member_logprobs(members, entries)
     temperature = fit_temperature(logprobs, targets)
-    report = classification_report(targets, logprobs.argmax(axis=1), LABELS)
 
     if export_dir.exists():
         shutil.rmtree(export_dir)
@@ -65,14 +63,7 @@ def build_ensemble(member_dirs: Sequence[Path], manifest: Path, export_dir: Path
         temperature=round(temperature, 4),
         members=names,
         metrics={
-            "valid": {
-                "UA": round(report.ua, 4),
-                "WA": round(report.wa, 4),
-                "ECE_before_scaling": round(expected_calibration_error(softmax(logprobs), targets), 4),
-                "ECE_after_scaling": round(
-                    expected_calibration_error(softmax(logprobs / temperature), targets), 4
-                ),
-            },
+            "valid": validation_metrics(logprobs, targets, temperature),
             "members_valid_UA": {m.info.architecture: m.info.metrics["valid"]["UA"] for m in members},
         },
         training={

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from metrics import classification_report, expected_calibration_error
 from train import LABELS, dataio_prepare
 
-from ser_sdk.model import ModelInfo
+from ser_sdk.model import ModelInfo, log_softmax
 
 INFERENCE_TEMPLATES = Path(__file__).resolve().parent / "hparams" / "inference"
 
@@ -80,9 +80,17 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(log_t.detach().exp())
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+def validation_metrics(logits: np.ndarray, targets: np.ndarray, temperature: float) -> dict[str, float]:
+    """UA, WA and calibration error before and after temperature scaling, as model.json records them."""
+    report = classification_report(targets, logits.argmax(axis=1), LABELS)
+    before = expected_calibration_error(np.exp(log_softmax(logits)), targets)
+    after = expected_calibration_error(np.exp(log_softmax(logits / temperature)), targets)
+    return {
+        "UA": round(report.ua, 4),
+        "WA": round(report.wa, 4),
+        "ECE_before_scaling": round(before, 4),
+        "ECE_after_scaling": round(after, 4),
+    }
 
 
 def is_plain_value(value: object) -> bool:
@@ -129,9 +137,6 @@ def export(hparams_file: str, overrides: dict, export_dir: Path, model_id: str |
 
     logits, targets = split_logits(hparams, datasets["valid"])
     temperature = fit_temperature(logits, targets)
-    before = expected_calibration_error(softmax(logits), targets)
-    after = expected_calibration_error(softmax(logits / temperature), targets)
-    report = classification_report(targets, logits.argmax(axis=1), LABELS)
 
     export_dir.mkdir(parents=True, exist_ok=True)
     for name in ("embedding_model", "classifier"):
@@ -147,14 +152,7 @@ def export(hparams_file: str, overrides: dict, export_dir: Path, model_id: str |
         sample_rate=hparams["sample_rate"],
         logit_scale=hparams["logit_scale"],
         temperature=round(temperature, 4),
-        metrics={
-            "valid": {
-                "UA": round(report.ua, 4),
-                "WA": round(report.wa, 4),
-                "ECE_before_scaling": round(before, 4),
-                "ECE_after_scaling": round(after, 4),
-            }
-        },
+        metrics={"valid": validation_metrics(logits, targets, temperature)},
         training={
             "hparams": Path(hparams_file).name,
             "overrides": overrides,
